@@ -1,0 +1,1 @@
+"""Benchmarks in their released formats, official metrics and the evaluation runner."""
