@@ -52,11 +52,11 @@ def make_tokenizer(with_chat_template: bool = True) -> PreTrainedTokenizerFast:
     return fast
 
 
-def make_llm(kind: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
+def make_llm(kind: str, vocab_size: int, seed: int = 0, hidden_size: int = 32) -> torch.nn.Module:
     """A 2-layer, 32-wide causal LM: ``llama`` (tied embeddings) or ``qwen2`` (untied, with biases)."""
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
     )
     if kind == "llama":
@@ -66,9 +66,9 @@ def make_llm(kind: str, vocab_size: int, seed: int = 0) -> torch.nn.Module:
     raise ValueError(kind)
 
 
-def save_llm_folder(path: Path, kind: str, with_chat_template: bool = True) -> Path:
+def save_llm_folder(path: Path, kind: str, with_chat_template: bool = True, hidden_size: int = 32) -> Path:
     tokenizer = make_tokenizer(with_chat_template)
-    model = make_llm(kind, len(tokenizer))
+    model = make_llm(kind, len(tokenizer), hidden_size=hidden_size)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -99,3 +99,17 @@ def make_image(seed: int, size: tuple[int, int] = (224, 224)) -> Image.Image:
         colour = tuple(torch.randint(0, 256, (3,), generator=g).tolist())
         draw.rectangle([x0, y0, x0 + 40, y0 + 40], fill=colour)
     return image
+
+
+def run_deepspeed(config_path, *overrides: str, port: int, timeout: int = 600):
+    """``deepspeed --num_gpus 2 --module train CONFIG key=value...``: 2 CPU processes over gloo."""
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = shutil.which("deepspeed") or str(Path(sys.executable).parent / "deepspeed")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [launcher, "--num_gpus", "2", "--master_port", str(port), "--module", "train", str(config_path), *overrides],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=Path(__file__).parents[1],
+    )

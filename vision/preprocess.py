@@ -8,6 +8,7 @@ caller: a safe conversion of any PIL mode to RGB, and LLaVA's optional pad-to-sq
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 
@@ -53,27 +54,36 @@ def pad_to_square(image: Image.Image, background: Sequence[int]) -> Image.Image:
     return canvas
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open, fully decode and convert an image file to RGB, with errors that name the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ImageLoadError(f"{path}: no such image file")
+def load_image(source: str | os.PathLike | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open, fully decode and convert an image file (or encoded image bytes) to RGB.
+
+    Errors are :class:`ImageLoadError` naming the file: missing, not an image, truncated,
+    over ``max_pixels`` (checked from the header, before decoding), or an unsupported mode.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        name, opener = f"<{len(source)} bytes of image data>", io.BytesIO(source)
+    else:
+        name = opener = os.fspath(source)
+        if not os.path.isfile(name):
+            raise ImageLoadError(f"{name}: no such image file")
     try:
-        with Image.open(path) as image:
+        with Image.open(opener) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageLoadError(
-                    f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
+                    f"{name}: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels} "
                     "(possible decompression bomb); resize it first"
                 )
             image.load()  # decode now, so a truncated file fails here and not later in a worker
             return to_rgb(image)
-    except ImageLoadError:
-        raise
+    except ImageLoadError as err:
+        if str(err).startswith(name):
+            raise
+        raise ImageLoadError(f"{name}: {err}") from err
     except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{path}: {err}") from err
+        raise ImageLoadError(f"{name}: {err}") from err
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"{path}: not a readable image ({err})") from err
+        raise ImageLoadError(f"{name}: not a readable image ({err})") from err
 
 
 class ImagePreprocessor:

@@ -31,16 +31,22 @@ def atomic_directory(target: str | os.PathLike, overwrite: bool = False) -> Iter
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield staging
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, retired / "old")
-            os.replace(staging, target)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, target)
+        replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replace_directory(complete: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished folder ``complete`` to ``target``, retiring an old ``target`` only after the move."""
+    complete, target = Path(complete), Path(target)
+    if not target.exists():
+        os.replace(complete, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, retired / "old")
+    os.replace(complete, target)
+    shutil.rmtree(retired)
 
 
 @contextlib.contextmanager

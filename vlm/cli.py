@@ -1,4 +1,4 @@
-"""The ``vlm`` command line: ``vlm build``, ``vlm chat``, ``vlm data shapes``.
+"""The ``vlm`` command line: ``vlm build``, ``vlm train``, ``vlm merge``, ``vlm chat``, ``vlm data shapes``.
 
 Each subcommand parses its arguments here and calls the library; heavy imports happen
 inside the command so ``vlm --help`` stays fast.
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (FileExistsError, FileNotFoundError, ValueError, ModuleNotFoundError) as err:
+    except (FileExistsError, FileNotFoundError, ValueError, ModuleNotFoundError, RuntimeError) as err:
         print(f"vlm {args.command}: error: {err}", file=sys.stderr)
         return 2
 
@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlm", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_build(commands)
+    _add_train(commands)
+    _add_merge(commands)
     _add_chat(commands)
     _add_data(commands)
     return parser
@@ -84,6 +86,34 @@ def _run_build(args: argparse.Namespace) -> int:
     counts = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("vision_tower", "projector", "language_model")}
     print(f"saved {args.out}: " + ", ".join(f"{k} {v / 1e6:.1f}M params" for k, v in counts.items()), file=sys.stderr)
     return 0
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    from train.cli import build_parser
+
+    p = commands.add_parser("train", help="train a VLM in stages (pretrain, sft, LoRA; single process or DeepSpeed)")
+    build_parser(p)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from train.cli import run
+
+    return run(args)
+
+
+def _add_merge(commands: argparse._SubParsersAction) -> None:
+    from train.merge import build_parser
+
+    p = commands.add_parser("merge", help="merge a training output (ZeRO shards + LoRA) into one verified HF model folder")
+    build_parser(p)
+    p.set_defaults(run=_run_merge)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from train.merge import run
+
+    return run(args)
 
 
 def _add_chat(commands: argparse._SubParsersAction) -> None:

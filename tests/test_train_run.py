@@ -1,0 +1,168 @@
+"""Whole training runs on tiny models and generated data: what changes, what falls, what resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from eval.shapes import write_shapes_dataset
+from tiny import TINY_CLIP_CONFIG
+from train.config import TrainConfig
+from train.run import run_training
+from vlm import VLMForCausalLM
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shapes")
+    write_shapes_dataset(out, 16, seed=0, n_eval=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vision_json(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("vit") / "tiny-vit.json"
+    path.write_text(json.dumps(TINY_CLIP_CONFIG))
+    return str(path)
+
+
+def config(tmp_path: Path, shapes: Path, **overrides) -> TrainConfig:
+    values = dict(
+        stage="pretrain", data=[str(shapes / "captions.json")], image_root=str(shapes), max_length=512,
+        per_device_train_batch_size=4, max_steps=8, learning_rate=1e-2, warmup_ratio=0.0, save_steps=4,
+        logging_steps=1, output_dir=str(tmp_path / "run"), seed=0, bf16=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [e["loss"] for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
+
+
+def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, shapes, llama_dir, vision_json) -> Path:
+    tmp = tmp_path_factory.mktemp("stage1")
+    cfg = config(tmp, shapes, llm=str(llama_dir), vision_config=vision_json, vision_pretrained=None)
+    return run_training(cfg)
+
+
+def test_stage1_trains_only_the_projector_and_loss_falls(stage1, llama_dir, vision_json, tmp_path, shapes):
+    from train.run import load_or_build
+
+    cfg = config(tmp_path, shapes, llm=str(llama_dir), vision_config=vision_json, vision_pretrained=None)
+    torch.manual_seed(0)
+    before, _ = load_or_build(cfg)
+    after = VLMForCausalLM.from_pretrained(stage1)
+    old, new = state(before), state(after)
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    assert changed == {"projector.weight", "projector.bias"}
+    run = stage1.parent
+    curve = losses(run)
+    assert len(curve) == 8 and sum(curve[-3:]) / 3 < curve[0]
+    for name in ("train_config.yaml", "metrics.jsonl", "loss.png"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+
+
+def test_stage2_full_trains_llm_and_projector_never_the_tower(stage1, tmp_path, shapes):
+    cfg = config(tmp_path, shapes, stage="sft", init_from=str(stage1), data=[str(shapes / "instruct.json")], learning_rate=1e-3)
+    final = run_training(cfg)
+    old, new = state(VLMForCausalLM.from_pretrained(stage1)), state(VLMForCausalLM.from_pretrained(final))
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("vision_tower."))
+    assert not torch.equal(old["projector.weight"], new["projector.weight"])
+    llm_changed = [k for k in old if k.startswith("language_model.") and not torch.equal(old[k], new[k])]
+    assert any("layers.0.self_attn.q_proj" in k for k in llm_changed) and any("layers.1.mlp" in k for k in llm_changed)
+    curve = losses(final.parent)
+    assert sum(curve[-3:]) / 3 < curve[0]
+
+
+def test_stage2_lora_changes_adapters_and_projector_only(stage1, tmp_path, shapes):
+    cfg = config(
+        tmp_path, shapes, stage="sft", init_from=str(stage1), data=[str(shapes / "instruct.json")], lora=True,
+        lora_r=4, lora_alpha=8, learning_rate=5e-3, projector_lr=1e-3,
+    )
+    final = run_training(cfg)
+    adapter = load_file(str(final / "adapter_model.safetensors"))
+    assert any("lora_A" in k for k in adapter) and any("lora_B" in k for k in adapter)
+    assert not any("vision_tower" in k or "lm_head" in k for k in adapter)
+    # the projector travels with every adapter (modules_to_save), so each checkpoint can be merged
+    projector_keys = [k for k in adapter if "projector" in k]
+    assert projector_keys
+    base = state(VLMForCausalLM.from_pretrained(stage1))
+    assert not torch.equal(adapter[[k for k in projector_keys if k.endswith("weight")][0]], base["projector.weight"])
+    assert json.loads((final / "adapter_config.json").read_text())["base_model_name_or_path"] == str(stage1)
+    for checkpoint in final.parent.glob("checkpoint-*"):
+        assert any("projector" in k for k in load_file(str(checkpoint / "adapter_model.safetensors")))
+
+
+class _Kill(TrainerCallback):
+    """Stops the run abruptly right after a step, as a killed process would."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt(f"killed at step {self.at_step}")
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, shapes, stage1, monkeypatch):
+    common = dict(stage="sft", init_from=str(stage1), data=[str(shapes / "instruct.json")], learning_rate=1e-3, save_steps=2, max_steps=6)
+    straight = run_training(config(tmp_path / "a", shapes, **common))
+
+    import train.run as run_module
+
+    original = run_module.VLMTrainer
+
+    def with_kill(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        trainer.add_callback(_Kill(at_step=5))
+        return trainer
+
+    monkeypatch.setattr(run_module, "VLMTrainer", with_kill)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(config(tmp_path / "b", shapes, **common))
+    monkeypatch.setattr(run_module, "VLMTrainer", original)
+    assert not (tmp_path / "b" / "run" / "model").exists()
+    resumed = run_training(config(tmp_path / "b", shapes, **common, resume=True))
+
+    first = losses(straight.parent)
+    second = [e for e in map(json.loads, (resumed.parent / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
+    by_step = {e["step"]: e["loss"] for e in second}  # steps 5 is logged twice: killed run, then resumed run
+    assert [by_step[s] for s in range(1, 7)] == pytest.approx(first, rel=1e-6)
+    a, b = state(VLMForCausalLM.from_pretrained(straight)), state(VLMForCausalLM.from_pretrained(resumed))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_run_never_overwrites_an_old_one(stage1, shapes, llama_dir, vision_json):
+    cfg = config(stage1.parent.parent, shapes, llm=str(llama_dir), vision_config=vision_json, vision_pretrained=None)
+    with pytest.raises(FileExistsError, match="resume=true"):
+        run_training(cfg)
+
+
+def test_bad_records_stop_the_run_or_are_skipped_and_counted(tmp_path, shapes, stage1, capsys):
+    records = json.loads((shapes / "instruct.json").read_text())[:6]
+    records[1]["image"] = "images/missing.png"
+    records[4]["conversations"][0]["value"] = "<image>\n" + "describe the picture in detail " * 80  # too long
+    data = tmp_path / "mixed.json"
+    data.write_text(json.dumps(records))
+    common = dict(stage="sft", init_from=str(stage1), data=[str(data)], image_root=str(shapes), max_length=300, max_steps=1)
+    from train.data import BadSampleError
+
+    with pytest.raises(BadSampleError, match=r"mixed\.json record 1 .*missing\.png"):
+        run_training(config(tmp_path / "strict", shapes, **common))
+    run_training(config(tmp_path / "lenient", shapes, **common, skip_bad_samples=True))
+    err = capsys.readouterr().err
+    assert "skipped 2 of 6 samples" in err
+    assert "missing.png" in err and "max_length=300" in err

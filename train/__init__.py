@@ -1,0 +1,1 @@
+"""Staged training: data, stages, the training run, checkpoints and the merge."""

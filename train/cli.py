@@ -1,0 +1,52 @@
+"""``vlm train CONFIG.yaml [key=value ...]`` (also ``python -m train ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DESCRIPTION = """Train a VLM in stages from a YAML config plus key=value overrides.
+
+  stage 1 (pretrain): only the projector learns, on image captions;
+  stage 2 (sft):      projector + LLM (full, or LoRA with lora=true) on instructions,
+                      starting from stage 1's output (init_from=RUN/model).
+
+Shipped configs: pretrain, sft, sft_lora (train/configs/*.yaml); DeepSpeed: deepspeed=zero2|zero3|zero3_offload.
+Single process:  vlm train pretrain data=[captions.json] output_dir=runs/stage1
+DeepSpeed ZeRO:  deepspeed --num_gpus 2 --module train sft_lora init_from=runs/stage1/model deepspeed=zero2 ...
+Resume:          add resume=true (continues from the latest complete checkpoint)."""
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m train")
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("config", nargs="?", help="YAML file or shipped name (pretrain, sft, sft_lora)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config field")
+    parser.add_argument("--help-config", action="store_true", help="list every config field with its default and meaning")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from train.config import describe_fields, load_config
+
+    if args.help_config:
+        print(describe_fields())
+        return 0
+    if args.config is None:
+        raise ValueError("give a config: a YAML file or one of pretrain, sft, sft_lora (see --help)")
+    cfg = load_config(args.config, args.overrides)
+    from train.run import run_training
+
+    run_training(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2

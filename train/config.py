@@ -1,0 +1,196 @@
+"""``TrainConfig``: one typed dataclass; the shipped YAML files mirror it field by field.
+
+``vlm train CONFIG.yaml key=value ...`` loads the YAML, applies the overrides (values are
+parsed as YAML scalars: ``lora=true``, ``learning_rate=2e-4``, ``data=[a.json,b.json]``),
+and validates everything in one place, before any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("pretrain", "sft")
+SHIPPED_DIR = Path(__file__).parent / "configs"
+SHIPPED_DEEPSPEED = {"zero2": "zero2.json", "zero3": "zero3.json", "zero3_offload": "zero3_offload.json"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. Every field has a default; YAML keys are the field names."""
+
+    # --- what to train -------------------------------------------------------------------
+    stage: str = "pretrain"
+    """``pretrain`` (stage 1: projector only) or ``sft`` (stage 2: projector + LLM, full or LoRA)."""
+    init_from: str | None = None
+    """A saved VLM folder to start from: stage 1's output for ``sft``; for ``pretrain`` the model is built from the parts below when empty."""
+    llm: str = "smollm2-135m-instruct"
+    """LLM for a new model (hub id, folder, .gguf, or ``smollm2-135m-instruct`` offline)."""
+    vision_model: str | None = "ViT-B-16"
+    """open_clip model name of the vision tower for a new model."""
+    vision_pretrained: str | None = "openai"
+    """open_clip tag (needs the network), a weights file, or null for random init."""
+    vision_config: str | None = None
+    """JSON file with an open_clip model config, instead of ``vision_model``'s."""
+    projector_type: str = "linear"
+    """``linear`` or ``mlp2x_gelu`` (new models only)."""
+    vision_feature_layer: int = -2
+    """ViT block feeding the projector (new models only): -2 LLaVA-1.5, -1 MiniMind-V."""
+
+    # --- data ----------------------------------------------------------------------------
+    data: list[str] = field(default_factory=list)
+    """Training files: LLaVA JSON/JSONL, MiniMind-V JSONL or Parquet; several are concatenated."""
+    image_root: str | None = None
+    """Folder that relative image paths in the data are resolved against (default: each file's folder)."""
+    max_length: int = 2048
+    """Longest tokenized sample; longer ones are truncated unless that would cut an image (an error)."""
+    skip_bad_samples: bool = False
+    """Skip and count bad records instead of stopping at the first one."""
+
+    # --- stages --------------------------------------------------------------------------
+    train_last_n_llm_layers: int = 0
+    """``pretrain`` only: also train the last N LLM decoder layers (MiniMind-V trains 1)."""
+    lora: bool = False
+    """``sft`` only: train LoRA adapters on the LLM instead of all its weights."""
+    lora_r: int = 64
+    """LoRA rank."""
+    lora_alpha: int = 128
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: str | list[str] = "all-linear"
+    """``all-linear`` (every Linear of the LLM but ``lm_head``; never the vision tower or projector) or a list of module-name suffixes."""
+
+    # --- optimisation ----------------------------------------------------------------------
+    learning_rate: float = 1e-3
+    """Peak learning rate (AdamW)."""
+    projector_lr: float | None = None
+    """Learning rate of the projector when it should differ (LLaVA's ``mm_projector_lr``)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_ratio: float = 0.03
+    """Share of steps with linear warm-up before the cosine decay."""
+    lr_scheduler_type: str = "cosine"
+    """transformers scheduler name."""
+    num_train_epochs: float = 1.0
+    """Epochs over the data (ignored when ``max_steps`` > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run the epochs)."""
+    per_device_train_batch_size: int = 8
+    """Samples per process per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold."""
+    seed: int = 42
+    """Seed for model init, data order and dropout."""
+    bf16: bool | None = None
+    """bf16 autocast (default: on where supported: GPUs with bf16, CPUs with AMX/AVX512-bf16)."""
+    fp16: bool = False
+    """fp16 with loss scaling (GPU only)."""
+    gradient_checkpointing: bool = False
+    """Recompute LLM activations in the backward pass to save memory."""
+    deepspeed: str | None = None
+    """DeepSpeed config: ``zero2``, ``zero3``, ``zero3_offload`` (shipped) or a JSON path; null = no DeepSpeed."""
+    dataloader_num_workers: int = 0
+    """DataLoader worker processes."""
+
+    # --- output --------------------------------------------------------------------------
+    output_dir: str = "runs/train"
+    """Where the final model, checkpoints, the resolved config and the logs go."""
+    logging_steps: int = 1
+    """Log loss / learning rate every N steps."""
+    save_steps: int = 500
+    """Checkpoint every N steps."""
+    save_total_limit: int | None = 2
+    """Keep only the last K checkpoints (null: keep all)."""
+    resume: bool | str = False
+    """``true``: continue from the latest complete checkpoint in output_dir; or a checkpoint path."""
+    overwrite_output_dir: bool = False
+    """Allow a new run (not a resume) into an output_dir that already holds a run."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.stage not in STAGES:
+            problems.append(f"stage={self.stage!r} is not one of {', '.join(STAGES)}")
+        if self.stage == "sft" and not self.init_from:
+            problems.append("stage=sft needs init_from: the folder stage 1 (pretrain) wrote")
+        if self.lora and self.stage != "sft":
+            problems.append("lora=true needs stage=sft (stage 1 trains only the projector)")
+        if self.train_last_n_llm_layers and self.stage != "pretrain":
+            problems.append("train_last_n_llm_layers applies to stage=pretrain only (sft trains the whole LLM or LoRA)")
+        if not self.data:
+            problems.append("data is empty: give one or more training files (data=[a.json,b.jsonl])")
+        if self.fp16 and self.bf16:
+            problems.append("choose one of fp16 and bf16")
+        if self.max_length <= 0 or self.per_device_train_batch_size <= 0 or self.gradient_accumulation_steps <= 0:
+            problems.append("max_length, per_device_train_batch_size and gradient_accumulation_steps must be positive")
+        if self.deepspeed and self.deepspeed not in SHIPPED_DEEPSPEED and not os.path.isfile(self.deepspeed):
+            problems.append(f"deepspeed={self.deepspeed!r} is neither a shipped config ({', '.join(SHIPPED_DEEPSPEED)}) nor a file")
+        if problems:
+            raise ValueError("invalid training config:\n  - " + "\n  - ".join(problems))
+
+    @property
+    def deepspeed_path(self) -> str | None:
+        if self.deepspeed in SHIPPED_DEEPSPEED:
+            return str(SHIPPED_DIR / SHIPPED_DEEPSPEED[self.deepspeed])
+        return self.deepspeed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["lora=true", "data=[a.json]"]`` -> ``{"lora": True, "data": ["a.json"]}``."""
+    parsed = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not key=value")
+        parsed[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return parsed
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML config (a shipped name like ``sft_lora`` works too), apply overrides, validate."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists() and (SHIPPED_DIR / f"{path}.yaml").exists():
+            path = SHIPPED_DIR / f"{path}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"config {path} not found (shipped: {', '.join(p.stem for p in SHIPPED_DIR.glob('*.yaml'))})")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a training config is a mapping of field: value")
+    values.update(parse_overrides(overrides or []))
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; `vlm train --help-config` lists them all")
+    if isinstance(values.get("data"), str):
+        values["data"] = [values["data"]]
+    return TrainConfig(**values)
+
+
+def describe_fields() -> str:
+    """Every field with its default and docstring, for ``--help-config``."""
+    import inspect
+
+    source = inspect.getsource(TrainConfig)
+    lines = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        marker = f"    {f.name}:"
+        doc = ""
+        start = source.find(marker)
+        if start != -1:
+            after = source[start:].split('"""')
+            doc = after[1].strip() if len(after) > 1 else ""
+        lines.append(f"{f.name} = {default!r}\n    {doc}")
+    return "\n".join(lines)

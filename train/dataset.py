@@ -1,0 +1,112 @@
+"""Training examples: conversations tokenized with their labels, images preprocessed, and the collator.
+
+``prepare_dataset`` checks every record before training starts (structure, images,
+tokenized length), so a bad record stops the run at once with its file and record number,
+or, with ``skip_bad_samples``, is left out and counted in the report printed at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from train.data import BadSampleError, ConversationDataset, validate
+from train.labels import IGNORE_INDEX, ConversationError, tokenize_conversation
+from vlm.processing import VLMProcessor
+
+
+@dataclass
+class DataReport:
+    """What was read, and what was skipped and why."""
+
+    total: int
+    skipped: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"read {self.total} samples, none skipped"
+        shown = "\n  ".join(self.reasons[:5])
+        return f"skipped {self.skipped} of {self.total} samples (bad data); first reasons:\n  {shown}"
+
+
+class SupervisedDataset(Dataset):
+    """Map-style dataset of ``{input_ids, labels, pixel_values, num_images}`` examples."""
+
+    def __init__(self, conversations: ConversationDataset, indices: list[int], processor: VLMProcessor, max_length: int):
+        self.conversations = conversations
+        self.indices = list(indices)
+        self.processor = processor
+        self.max_length = max_length
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.conversations[self.indices[i]]
+        try:
+            tokens = tokenize_conversation(self.processor, sample.messages, self.max_length)
+        except ConversationError as err:
+            raise BadSampleError(f"{sample.source} record {sample.index} (id {sample.id!r}): {err}") from err
+        images = self.conversations.load_images(sample)
+        example = {"input_ids": tokens.input_ids, "labels": tokens.labels, "num_images": len(images)}
+        if images:
+            example["pixel_values"] = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        return example
+
+
+def prepare_dataset(
+    paths: list[str], image_root: str | None, processor: VLMProcessor, max_length: int, skip_bad: bool, progress: bool = True
+) -> tuple[SupervisedDataset, DataReport]:
+    """Read, validate and tokenize-check every record; return the dataset of the good ones."""
+    conversations = ConversationDataset(paths, image_root, image_token=processor.image_token)
+    checked = validate(conversations, skip_bad=skip_bad, check_images=True, progress=progress)
+    report = DataReport(total=len(conversations), skipped=checked.num_bad, reasons=list(checked.first_reasons))
+    good = []
+    for index in tqdm(list(checked.valid_indices), desc="tokenizing", disable=not progress, leave=False):
+        sample = conversations[index]
+        try:
+            tokenize_conversation(processor, sample.messages, max_length)
+        except ConversationError as err:
+            message = f"{sample.source} record {sample.index} (id {sample.id!r}): {err}"
+            if not skip_bad:
+                raise BadSampleError(message) from err
+            report.skipped += 1
+            report.reasons.append(message)
+            continue
+        good.append(index)
+    if not good:
+        raise ValueError(f"no usable training samples in {', '.join(paths)}: {report.summary()}")
+    return SupervisedDataset(conversations, good, processor, max_length), report
+
+
+class VLMCollator:
+    """Right-pads ``input_ids``/``labels``, builds the attention mask, stacks the batch's images in order."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        longest = max(len(e["input_ids"]) for e in examples)
+        input_ids = torch.full((len(examples), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), longest), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+        for row, example in enumerate(examples):
+            n = len(example["input_ids"])
+            input_ids[row, :n] = example["input_ids"]
+            labels[row, :n] = example["labels"]
+            attention_mask[row, :n] = 1
+        batch = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+            "num_images": torch.tensor([e["num_images"] for e in examples], dtype=torch.long),
+        }
+        pixels = [e["pixel_values"] for e in examples if e["num_images"]]
+        if pixels:
+            batch["pixel_values"] = torch.cat(pixels)  # [N_img, 3, H, W], sample order
+        return batch

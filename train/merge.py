@@ -1,0 +1,261 @@
+"""``vlm merge``: a training output (ZeRO shards and/or a LoRA adapter) -> one standalone HF model.
+
+    find the checkpoint and its base (from the checkpoint's own files, never the folder name)
+    -> consolidate ZeRO shards with DeepSpeed's zero_to_fp32 -> load base + trained weights
+    (+ LoRA with peft) -> merge_and_unload -> save into a staging folder -> reload it and check
+    its logits against the unmerged model on a probe batch -> rename into place.
+
+The result loads with ``VLMForCausalLM`` / ``AutoModelForCausalLM`` / ``AutoProcessor``
+without peft or DeepSpeed. Also runnable as ``python -m train.merge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlm.atomic import atomic_directory
+from vlm.loading import resolve_model_dir
+from vlm.modeling import VLMForCausalLM
+from vlm.processing import VLMProcessor
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Max |logit difference| allowed between merged and unmerged, relative to the logits' scale
+# (max(1, max |logit|)): fp32 only reorders float sums; bf16/fp16 round every weight.
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
+
+
+class MergeError(RuntimeError):
+    """A merge that cannot be done safely; nothing has been written."""
+
+
+@dataclass
+class MergeReport:
+    source: Path
+    base: Path | None
+    kind: str  # "full" or "lora"
+    zero: bool
+    max_abs_diff: float | None
+    tolerance: float | None
+
+    def verification_line(self) -> str:
+        if self.max_abs_diff is None:
+            return "verification: skipped (--no-verify)"
+        return f"verification: max |logit diff| merged vs unmerged = {self.max_abs_diff:.3e} (tolerance {self.tolerance:.1e}) OK"
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A run folder -> its final model; a checkpoint or model folder -> itself."""
+    path = Path(path)
+    if is_zero_checkpoint(path):
+        return path
+    return resolve_model_dir(path)
+
+
+def is_zero_checkpoint(folder: Path) -> bool:
+    return (folder / "latest").is_file() and any(p.is_dir() and p.name.startswith("global_step") for p in folder.iterdir())
+
+
+def zero_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """Full fp32 weights from ZeRO-1/2/3 shards, by DeepSpeed's own consolidation (any world size, no GPU)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        return get_fp32_state_dict_from_zero_checkpoint(str(folder))
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise MergeError(f"cannot consolidate the ZeRO checkpoint in {folder}: {err}") from err
+
+
+def load_unmerged(folder: Path, base: Path | None = None) -> tuple[nn.Module, VLMProcessor, Path | None, str, bool]:
+    """The trained model exactly as training left it (LoRA unmerged), with its processor."""
+    zero = is_zero_checkpoint(folder)
+    weights = zero_state_dict(folder) if zero else None
+    if (folder / "adapter_config.json").is_file():
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        base = Path(base) if base else _adapter_base(folder)
+        model = get_peft_model(VLMForCausalLM.from_pretrained(base, dtype=torch.float32), LoraConfig.from_pretrained(folder))
+        if weights is None:
+            adapter_file = folder / "adapter_model.safetensors"
+            if not adapter_file.is_file():
+                raise MergeError(f"{folder} has adapter_config.json but no adapter_model.safetensors")
+            try:
+                result = set_peft_model_state_dict(model, load_file(str(adapter_file)))
+            except RuntimeError as err:  # torch reports every shape mismatch, one per line
+                mismatches = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+                raise MergeError(
+                    f"the adapter in {folder} does not fit the base model {base}: {len(mismatches)} tensors with other "
+                    f"shapes, e.g. {mismatches[0] if mismatches else err}; is --base the model this run started from?"
+                ) from err
+            _check_adapter(folder, model, result)
+        else:
+            _load_strict(model, weights, folder)
+        processor = VLMProcessor.from_pretrained(folder if (folder / "processor_config.json").is_file() else base)
+        return model, processor, base, "lora", zero
+    if not (folder / "config.json").is_file():
+        raise MergeError(f"{folder} holds neither a VLM config.json nor a LoRA adapter_config.json")
+    source = Path(base) if base else folder
+    if weights is None:
+        model = VLMForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    else:
+        model = VLMForCausalLM.from_pretrained(source, dtype=torch.float32) if any(source.glob("*.safetensors")) else VLMForCausalLM(_config(folder))
+        _load_strict(model, weights, folder)
+    processor = VLMProcessor.from_pretrained(folder if (folder / "processor_config.json").is_file() else source)
+    return model, processor, (Path(base) if base else None), "full", zero
+
+
+def merge(
+    source: str | Path,
+    out: str | Path,
+    base: str | Path | None = None,
+    dtype: str = "fp32",
+    max_shard_size: str = "5GB",
+    verify: bool = True,
+    tolerance: float | None = None,
+    overwrite: bool = False,
+) -> MergeReport:
+    """Merge ``source`` into a standalone model folder ``out`` (see the module docstring)."""
+    if dtype not in DTYPES:
+        raise MergeError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    folder = find_checkpoint(source)
+    model, processor, base_path, kind, zero = load_unmerged(folder, Path(base) if base else None)
+    model.eval()
+    probe = _probe_batch(processor)
+    reference = _logits(model, probe) if verify else None
+    merged = model.merge_and_unload() if kind == "lora" else model
+    merged = merged.to(DTYPES[dtype])
+    merged.config.dtype = DTYPES[dtype]
+    tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype]
+    max_diff = None
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        merged.save_pretrained(staging, max_shard_size=max_shard_size)
+        processor.save_pretrained(staging)
+        if verify:
+            reloaded = VLMForCausalLM.from_pretrained(staging, dtype=DTYPES[dtype]).eval()
+            logits = _logits(reloaded, probe)
+            max_diff = float((logits - reference).abs().max())
+            bound = tol * max(1.0, float(reference.abs().max()))
+            if not max_diff <= bound:
+                raise MergeError(
+                    f"verification failed: merged logits differ from the unmerged model's by {max_diff:.3e} "
+                    f"> {bound:.3e} ({dtype}); nothing was written"
+                )
+            tol = bound
+    return MergeReport(source=folder, base=base_path, kind=kind, zero=zero, max_abs_diff=max_diff, tolerance=tol if verify else None)
+
+
+def _adapter_base(folder: Path) -> Path:
+    config = json.loads((folder / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise MergeError(
+            f"{folder}/adapter_config.json names base {base!r}, which is not a saved VLM folder on this machine; "
+            "pass --base STAGE1_MODEL_DIR"
+        )
+    return Path(base)
+
+
+def _config(folder: Path):
+    from vlm.configuration import VLMConfig
+
+    return VLMConfig.from_pretrained(folder)
+
+
+def _load_strict(model: nn.Module, weights: dict[str, torch.Tensor], folder: Path) -> None:
+    """Load consolidated ZeRO weights: every trained tensor must be there and fit; frozen ones may be
+    absent (DeepSpeed leaves them out of LoRA checkpoints) and then come from the base."""
+    expected = model.state_dict()
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trained - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    shapes = [k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape]
+    if missing or unexpected or shapes:
+        raise MergeError(
+            f"the weights in {folder} do not fit the base model: {len(missing)} trained tensors missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(shapes)} with other shapes (e.g. {shapes[:3]}); "
+            "is --base the model this run started from?"
+        )
+    model.load_state_dict(weights, strict=False)
+
+
+def _check_adapter(folder: Path, model: nn.Module, result) -> None:
+    unexpected = [k for k in result.unexpected_keys if "lora_" in k or "modules_to_save" in k]
+    trained = {k for k, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(k for k in result.missing_keys if k in trained)
+    if unexpected or missing:
+        raise MergeError(
+            f"the adapter in {folder} does not fit the base model: {len(unexpected)} adapter weights have no place "
+            f"in it (e.g. {unexpected[:3]}), {len(missing)} adapted weights are missing (e.g. {missing[:3]}); "
+            "is --base the model this run started from?"
+        )
+
+
+def _probe_batch(processor: VLMProcessor) -> dict[str, torch.Tensor]:
+    """A generated image and a prompt: enough to exercise the tower, projector and every LLM layer."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (224, 224), (30, 30, 30))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse([40, 40, 120, 120], fill=(220, 40, 40))
+    draw.rectangle([130, 120, 200, 190], fill=(40, 90, 220))
+    prompt = processor.apply_chat_template([{"role": "user", "content": "<image>\nDescribe the shapes and their colours."}])
+    return dict(processor(text=prompt, images=[image]))
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    inputs = {k: (v.to(dtype) if k == "pixel_values" else v) for k, v in batch.items()}
+    return model(**inputs).logits.float()
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="python -m train.merge")
+    parser.description = (
+        "Turn a training output (a run folder, any checkpoint-N, ZeRO-1/2/3 shards, a LoRA adapter) into one "
+        "standalone Hugging Face model folder, verified against the unmerged model."
+    )
+    parser.epilog = "example: vlm merge runs/stage2/checkpoint-500 --out runs/merged --dtype bf16"
+    parser.add_argument("source", type=Path, help="run folder, checkpoint-N folder or saved adapter/model folder")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (written atomically)")
+    parser.add_argument("--base", type=Path, help="base model folder (default: the one the checkpoint names)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight dtype of the result (default fp32)")
+    parser.add_argument("--max-shard-size", default="5GB", help="split weights into safetensors shards above this size")
+    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the logits check")
+    parser.add_argument("--tolerance", type=float, help="relative logits tolerance (default by dtype: fp32 1e-4, fp16 2e-2, bf16 1e-1)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    report = merge(
+        args.source, args.out, base=args.base, dtype=args.dtype, max_shard_size=args.max_shard_size,
+        verify=args.verify, tolerance=args.tolerance, overwrite=args.overwrite,
+    )
+    kind = f"{report.kind}{' + ZeRO shards' if report.zero else ''}"
+    print(f"merged {report.source} ({kind}; base {report.base or 'its own config'}) -> {args.out}", file=sys.stderr)
+    print(report.verification_line(), file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (MergeError, FileExistsError, FileNotFoundError, ValueError) as err:
+        print(f"merge: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""One training run, single process or DeepSpeed ZeRO, from a ``TrainConfig``.
+
+    parse config -> build or load the model -> freeze for the stage -> read and check data
+    -> transformers Trainer (DeepSpeed if configured) -> final model, logs and plot.
+
+Launch the same code path alone (``vlm train cfg.yaml``), with torchrun, or with the
+``deepspeed`` launcher (``deepspeed --num_gpus 2 --module train cfg.yaml deepspeed=zero2``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from train.config import TrainConfig
+from train.dataset import VLMCollator, prepare_dataset
+from train.plots import plot_metrics
+from train.stages import apply_stage, parameter_table
+from train.trainer import MetricsLogger, VLMTrainer
+from vlm.atomic import atomic_write_text, replace_directory
+from vlm.builder import build_vlm
+from vlm.modeling import VLMForCausalLM
+from vlm.processing import VLMProcessor
+
+FINAL_DIR = "model"
+
+
+def bf16_supported() -> bool:
+    """bf16 autocast pays off on GPUs with bf16 and on CPUs with AMX; elsewhere it is far slower than fp32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def log(message: str) -> None:
+    if is_main_process():
+        print(message, file=sys.stderr, flush=True)
+
+
+def load_or_build(cfg: TrainConfig) -> tuple[VLMForCausalLM, VLMProcessor]:
+    """Stage 2 (and any run with ``init_from``) loads a saved VLM; otherwise a new one is built from parts."""
+    if cfg.init_from:
+        folder = Path(cfg.init_from).absolute()
+        if not (folder / "config.json").is_file():
+            hint = f" (a training run keeps its final model in {folder / FINAL_DIR})" if (folder / FINAL_DIR).is_dir() else ""
+            raise FileNotFoundError(f"init_from={cfg.init_from} is not a saved VLM folder (no config.json){hint}")
+        return VLMForCausalLM.from_pretrained(folder, dtype=torch.float32), VLMProcessor.from_pretrained(folder)
+    vision_config = json.loads(Path(cfg.vision_config).read_text()) if cfg.vision_config else None
+    return build_vlm(
+        cfg.llm,
+        vision_model=Path(cfg.vision_config).stem if cfg.vision_config else cfg.vision_model,
+        vision_pretrained=cfg.vision_pretrained,
+        vision_model_config=vision_config,
+        projector_type=cfg.projector_type,
+        vision_feature_layer=cfg.vision_feature_layer,
+    )
+
+
+def resolve_resume(cfg: TrainConfig) -> str | None:
+    output_dir = Path(cfg.output_dir)
+    if isinstance(cfg.resume, str):
+        if not Path(cfg.resume).is_dir():
+            raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint folder")
+        return cfg.resume
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if cfg.resume:
+        if last is None:
+            log(f"resume=true but {output_dir} holds no complete checkpoint yet: starting from scratch")
+        return last
+    if last is not None and not cfg.overwrite_output_dir:
+        raise FileExistsError(
+            f"{output_dir} already holds a run ({Path(last).name}); pass resume=true to continue it, "
+            "overwrite_output_dir=true to start over, or choose another output_dir"
+        )
+    return None
+
+
+def training_arguments(cfg: TrainConfig) -> TrainingArguments:
+    bf16 = bf16_supported() if cfg.bf16 is None else cfg.bf16
+    report_to = ["tensorboard"] if _tensorboard_installed() else []
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        seed=cfg.seed,
+        bf16=bf16,
+        fp16=cfg.fp16,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        deepspeed=cfg.deepspeed_path,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        report_to=report_to,
+        remove_unused_columns=False,
+        disable_tqdm=not is_main_process(),
+    )
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    """Train as ``cfg`` says; return the folder holding the final model."""
+    resume_from = resolve_resume(cfg)
+    output_dir = Path(cfg.output_dir)
+    set_seed(cfg.seed)
+    model, processor = load_or_build(cfg)
+    model = apply_stage(model, cfg)
+    log(f"stage {cfg.stage}{' (LoRA)' if cfg.lora else ''}: parameters\n{parameter_table(model)}")
+    dataset, report = prepare_dataset(
+        cfg.data, cfg.image_root, processor, cfg.max_length, cfg.skip_bad_samples, progress=is_main_process()
+    )
+    log(report.summary())
+    args = training_arguments(cfg)
+    if is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output_dir / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    samples_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * args.world_size
+    trainer = VLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=VLMCollator(processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        callbacks=[MetricsLogger(output_dir / "metrics.jsonl", samples_per_step)],
+        projector_lr=cfg.projector_lr,
+    )
+    if resume_from:
+        log(f"resuming from {resume_from}")
+    trainer.train(resume_from_checkpoint=resume_from)
+    final = output_dir / FINAL_DIR
+    # Every rank takes part in save_model (ZeRO-3 gathers the weights); rank 0 writes into a
+    # staging folder that replaces the final one only when complete.
+    staging = output_dir / ".final-staging"
+    if trainer.args.should_save and staging.exists():
+        shutil.rmtree(staging)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(staging))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.should_save:
+        replace_directory(staging, final)
+        plot_metrics(output_dir / "metrics.jsonl", output_dir / "loss.png")
+    trainer.accelerator.wait_for_everyone()
+    log(report.summary())
+    log(f"final model: {final}")
+    return final
+
+
+def _tensorboard_installed() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,103 @@
+"""transformers' Trainer with the few things a VLM run needs that it lacks.
+
+- a separate learning rate for the projector (LLaVA's ``mm_projector_lr``);
+- atomic checkpoints: each ``checkpoint-N`` is written under a staging folder and renamed
+  into place once every rank has finished, so a run killed while saving leaves the
+  previous checkpoint as the latest complete one (``resume`` only sees complete ones);
+- a JSONL metrics log with samples/s, written as training goes.
+
+Everything else (DeepSpeed ZeRO, accumulation, clipping, schedules, resume with optimizer,
+scheduler, RNG and data position) is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import rotate_checkpoints as hf_rotate_checkpoints
+
+STAGING_DIR = ".staging"
+
+
+class VLMTrainer(Trainer):
+    def __init__(self, *args: Any, projector_lr: float | None = None, **kwargs: Any):
+        self.projector_lr = projector_lr
+        self._staging = False
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None):
+        if self.optimizer is not None:
+            return self.optimizer
+        model = model if model is not None else self.model
+        decay = set(self.get_decay_parameter_names(model))
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            is_projector = self.projector_lr is not None and "projector." in name
+            groups.setdefault((is_projector, name in decay), []).append(param)
+        param_groups = []
+        for (is_projector, decays), params in groups.items():
+            group: dict[str, Any] = {"params": params, "weight_decay": self.args.weight_decay if decays else 0.0}
+            if is_projector:
+                group["lr"] = self.projector_lr
+            param_groups.append(group)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
+        return self.optimizer
+
+    def _get_output_dir(self, trial: Any) -> str:
+        run_dir = super()._get_output_dir(trial)
+        return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        run_dir = self._get_output_dir(trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staged, final = os.path.join(run_dir, STAGING_DIR, name), os.path.join(run_dir, name)
+        if self.args.should_save and os.path.exists(staged):
+            shutil.rmtree(staged)  # left over from a run killed while saving
+        self.accelerator.wait_for_everyone()
+        self._staging = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = False
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if os.path.exists(final):
+                shutil.rmtree(final)
+            os.replace(staged, final)
+            hf_rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every log entry (plus samples/s) to ``metrics.jsonl`` and keeps the history for the plot."""
+
+    def __init__(self, path: str | os.PathLike, samples_per_step: int):
+        self.path = Path(path)
+        self.samples_per_step = samples_per_step
+        self._last: tuple[float, int] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.perf_counter(), state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        entry = {"step": state.global_step, "epoch": state.epoch, **logs}
+        if self._last is not None and state.global_step > self._last[1]:
+            steps = state.global_step - self._last[1]
+            entry["samples_per_second"] = steps * self.samples_per_step / (now - self._last[0])
+        self._last = (now, state.global_step)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")

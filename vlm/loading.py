@@ -1,0 +1,81 @@
+"""Load a VLM for inference from whatever a user points at.
+
+- a saved or merged model folder (``config.json`` + safetensors);
+- a LoRA adapter folder (a training run's final model or any of its checkpoints): the base
+  named in ``adapter_config.json`` is loaded and the adapter applied with peft, unmerged;
+- a training run folder: its final model (``RUN/model``) or, before it exists, its latest
+  checkpoint.
+
+ZeRO-sharded checkpoints without consolidated weights need ``vlm merge`` first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vlm.modeling import VLMForCausalLM
+from vlm.processing import VLMProcessor
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The folder holding weights: ``path`` itself, a run's final ``model/``, or its latest checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such model folder")
+    if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return path
+    if (path / "model").is_dir():
+        return resolve_model_dir(path / "model")
+    checkpoints = sorted(
+        (int(m.group(1)), p) for p in path.iterdir() if (m := _CHECKPOINT.match(p.name)) and p.is_dir()
+    )
+    if checkpoints:
+        return checkpoints[-1][1]
+    raise FileNotFoundError(
+        f"{path} holds no model: expected config.json (a saved/merged VLM), adapter_config.json (LoRA), "
+        "a training run's model/ folder or checkpoint-N folders"
+    )
+
+
+def load_model(
+    path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, VLMProcessor]:
+    """Model (eval mode) and processor for ``path``; a LoRA adapter is applied unmerged."""
+    folder = resolve_model_dir(path)
+    if (folder / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base_path = adapter_base(folder)
+        base = VLMForCausalLM.from_pretrained(base_path, dtype=dtype)
+        model = PeftModel.from_pretrained(base, folder)
+        processor_dir = folder if (folder / "processor_config.json").is_file() else base_path
+    else:
+        if not any(folder.glob("*.safetensors")):
+            raise FileNotFoundError(
+                f"{folder} has a config but no safetensors weights; if it is a DeepSpeed ZeRO checkpoint, "
+                f"consolidate it first: vlm merge {folder} --out MERGED"
+            )
+        model = VLMForCausalLM.from_pretrained(folder, dtype=dtype)
+        processor_dir = folder
+    return model.to(device).eval(), VLMProcessor.from_pretrained(processor_dir)
+
+
+def adapter_base(folder: str | os.PathLike) -> Path:
+    """The base model folder a LoRA adapter was trained on, from its own ``adapter_config.json``."""
+    folder = Path(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    base = config.get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder}/adapter_config.json names base model {base!r}, which is not a saved VLM folder here; "
+            "pass the stage-1 model folder explicitly (--base)"
+        )
+    return Path(base)
