@@ -50,7 +50,7 @@ def test_loader_finds_the_six_renderings_of_a_known_sentence(nlvr_dev):
     # dev.json line 1: identifier "1572-0", directory "2", label "true".
     renderings = [e for e in nlvr_dev if e.identifier == "1572-0"]
     assert [e.rendering for e in renderings] == [0, 1, 2, 3, 4, 5]
-    assert [e.image_path for e in renderings] == [DEV_DIR / "images/2" / f"dev-1572-0-{k}.png" for k in range(6)]
+    assert [e.image_path for e in renderings] == [(DEV_DIR / "images/2" / f"dev-1572-0-{k}.png").resolve() for k in range(6)]
     assert all(e.image_path.is_file() for e in renderings)
     assert {e.sentence for e in renderings} == {"Each grey box contains atleast one yellow object touching the edge"}
     assert all(e.label is True and e.split == "dev" and e.sentence_id == "1572" for e in renderings)
@@ -63,7 +63,7 @@ def test_loader_finds_the_six_renderings_of_a_known_sentence(nlvr_dev):
 def test_loader_on_the_test_split(nlvr_test):
     renderings = [e for e in nlvr_test if e.identifier == "1838-2"]
     assert [e.image_path.name for e in renderings] == [f"test-1838-2-{k}.png" for k in range(6)]
-    assert renderings[0].image_path.parent == TEST_DIR / "images" / "6"
+    assert renderings[0].image_path.parent == (TEST_DIR / "images" / "6").resolve()
     assert all(e.label is False and e.sentence == "there is a black square touching the edge" for e in renderings)
 
 

@@ -69,6 +69,8 @@ def test_stage1_trains_only_the_projector_and_loss_falls(stage1, llama_dir, visi
     run = stage1.parent
     curve = losses(run)
     assert len(curve) == 8 and sum(curve[-3:]) / 3 < curve[0]
+    entries = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(e["samples_per_second"] > 0 for e in entries[1:] if "loss" in e)
     for name in ("train_config.yaml", "metrics.jsonl", "loss.png"):
         assert (run / name).is_file(), name
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]

@@ -24,6 +24,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("config", nargs="?", help="YAML file or shipped name (pretrain, sft, sft_lora)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override any config field")
     parser.add_argument("--help-config", action="store_true", help="list every config field with its default and meaning")
+    parser.add_argument("--skip-bad-samples", action="store_true", help="same as skip_bad_samples=true: skip and count bad records")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return parser
 
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise ValueError("give a config: a YAML file or one of pretrain, sft, sft_lora (see --help)")
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + (["skip_bad_samples=true"] if args.skip_bad_samples else [])
+    cfg = load_config(args.config, overrides)
     from train.run import run_training
 
     run_training(cfg)

@@ -141,8 +141,9 @@ def run_training(cfg: TrainConfig) -> Path:
         train_dataset=dataset,
         data_collator=VLMCollator(processor.tokenizer.pad_token_id),
         processing_class=processor,
-        callbacks=[MetricsLogger(output_dir / "metrics.jsonl", samples_per_step)],
+        callbacks=[MetricsLogger(output_dir / "metrics.jsonl")],
         projector_lr=cfg.projector_lr,
+        samples_per_step=samples_per_step,
     )
     if resume_from:
         log(f"resuming from {resume_from}")

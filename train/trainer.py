@@ -4,7 +4,7 @@
 - atomic checkpoints: each ``checkpoint-N`` is written under a staging folder and renamed
   into place once every rank has finished, so a run killed while saving leaves the
   previous checkpoint as the latest complete one (``resume`` only sees complete ones);
-- a JSONL metrics log with samples/s, written as training goes.
+- samples/s in every log entry, and a JSONL metrics log written as training goes.
 
 Everything else (DeepSpeed ZeRO, accumulation, clipping, schedules, resume with optimizer,
 scheduler, RNG and data position) is the Trainer's own.
@@ -28,10 +28,25 @@ STAGING_DIR = ".staging"
 
 
 class VLMTrainer(Trainer):
-    def __init__(self, *args: Any, projector_lr: float | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, projector_lr: float | None = None, samples_per_step: int | None = None, **kwargs: Any):
         self.projector_lr = projector_lr
+        self.samples_per_step = samples_per_step
         self._staging = False
+        self._last_log: tuple[float, int] | None = None
         super().__init__(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # samples/s since the previous log, so the progress bar, TensorBoard and metrics.jsonl all show it
+        now, step = time.perf_counter(), self.state.global_step
+        if "loss" in logs and self.samples_per_step and self._last_log is not None and step > self._last_log[1]:
+            logs["samples_per_second"] = round((step - self._last_log[1]) * self.samples_per_step / (now - self._last_log[0]), 3)
+        if "loss" in logs or self._last_log is None:
+            self._last_log = (now, step)
+        super().log(logs, start_time)
+
+    def _inner_training_loop(self, *args: Any, **kwargs: Any):
+        self._last_log = None  # the clock starts with the first step of this (possibly resumed) run
+        return super()._inner_training_loop(*args, **kwargs)
 
     def create_optimizer(self, model: torch.nn.Module | None = None):
         if self.optimizer is not None:
@@ -80,24 +95,17 @@ class VLMTrainer(Trainer):
 
 
 class MetricsLogger(TrainerCallback):
-    """Appends every log entry (plus samples/s) to ``metrics.jsonl`` and keeps the history for the plot."""
+    """Appends every log entry to ``metrics.jsonl`` (rank 0), as training goes."""
 
-    def __init__(self, path: str | os.PathLike, samples_per_step: int):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.samples_per_step = samples_per_step
-        self._last: tuple[float, int] | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._last = (time.perf_counter(), state.global_step)
+        if state.is_world_process_zero and state.global_step == 0 and self.path.exists():
+            self.path.unlink()  # a fresh run (not a resume) starts a fresh log
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        now = time.perf_counter()
-        entry = {"step": state.global_step, "epoch": state.epoch, **logs}
-        if self._last is not None and state.global_step > self._last[1]:
-            steps = state.global_step - self._last[1]
-            entry["samples_per_second"] = steps * self.samples_per_step / (now - self._last[0])
-        self._last = (now, state.global_step)
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+            handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")

@@ -35,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_merge(commands)
     _add_chat(commands)
+    _add_predict(commands)
     _add_data(commands)
+    _add_eval(commands)
     return parser
 
 
@@ -116,40 +118,156 @@ def _run_merge(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def _add_chat(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser(
-        "chat",
-        help="answer a question about an image",
-        description="Answer one prompt about zero or more images and print the answer on stdout "
-        "(logs go to stderr). Without --prompt the prompt is read from stdin.",
-        epilog='example: vlm chat --model runs/base --image cat.png --prompt "What is in the image?"',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--model", type=Path, required=True, help="a saved VLM folder")
-    p.add_argument("--image", type=Path, action="append", default=[], help="image file (repeat for several images)")
-    p.add_argument("--prompt", help="the question; <image> marks where images go (default: all images before the text)")
+def _add_generation_options(p: argparse.ArgumentParser, what: str) -> None:
+    """The sampling and device options shared by chat and predict."""
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit in tokens (default: 128)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help=f"{what} length limit in tokens (default: 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weight dtype (default: bfloat16 on GPU, float32 on CPU)")
+
+
+def _add_chat(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "chat",
+        help="talk to a VLM about images: one question, or an interactive conversation",
+        description="""Talk to a VLM about images.
+
+one-shot     with --prompt, or with stdin piped (all of stdin is the prompt) and no
+             --interactive: prints only the answer on stdout and exits 0; logs go to stderr.
+             An unusable image or a prompt longer than the model's context exits with
+             status 2 and a one-line message.
+interactive  with stdin a terminal and no --prompt, or with --interactive (then stdin may be
+             piped, one message per line): a conversation; the history is sent again every
+             turn and each image stays with the message it came with. --image files go with
+             the first message. Replies stream to stdout, one per turn; everything else goes
+             to stderr. Commands:
+               /image PATH   attach an image to the next message (repeatable); each goes at the
+                             message's start unless the message has <image> marks
+               /reset        start a new conversation
+               /save FILE    write the conversation as LLaVA SFT JSON, which `vlm train` reads
+               /help         list the commands
+               /exit         quit (also Ctrl-D)
+             An unusable image, a prompt beyond the context or a failed save prints a one-line
+             message and the conversation goes on.
+
+--model takes a saved or merged model folder, a LoRA training output or checkpoint (the
+adapter is applied, unmerged, to the base model it names) or a training run folder (its
+final model, else its latest checkpoint).""",
+        epilog="""examples:
+  vlm chat --model runs/sft/model --image cat.png --prompt "What is in the image?"
+  echo "Describe the picture." | vlm chat --model runs/sft --image cat.png
+  vlm chat --model runs/sft                                  # a conversation, in a terminal
+  printf '/image cat.png\\nWhat colour is it?\\n/save chat.json\\n' | vlm chat --model runs/sft --interactive""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder, LoRA output/checkpoint, or training run folder")
+    p.add_argument("--image", type=Path, action="append", default=[], help="image file (repeat for several images)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--prompt", help="the question (one-shot); <image> marks where images go (default: all images before the text)")
+    mode.add_argument("-i", "--interactive", action="store_true", help="hold a conversation even when stdin is not a terminal")
+    _add_generation_options(p, what="reply")
     p.set_defaults(run=_run_chat)
 
 
 def _run_chat(args: argparse.Namespace) -> int:
-    from vlm.chat import answer_once, load_for_chat
+    from vision import load_image
+    from vlm.chat import ChatSession, answer_once, chat_loop, load_for_chat
 
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read().strip()
-    if not prompt:
-        raise ValueError("empty prompt: pass --prompt TEXT or pipe the question on stdin")
+    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if not (args.interactive or (args.prompt is None and sys.stdin.isatty())):
+        prompt = args.prompt if args.prompt is not None else sys.stdin.read().strip()
+        if not prompt:
+            raise ValueError("empty prompt: pass --prompt TEXT or pipe the question on stdin")
+        images = [load_image(path) for path in args.image]  # fail before the model loads
+        model, processor = load_for_chat(args.model, device=args.device, dtype=args.dtype)
+        answer_once(model, processor, prompt, images=images, system=args.system, stream=sys.stdout, **sampling)
+        return 0
+
     model, processor = load_for_chat(args.model, device=args.device, dtype=args.dtype)
-    answer_once(
-        model, processor, prompt, images=args.image, system=args.system, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, seed=args.seed, stream=sys.stdout,
+    session = ChatSession(model, processor, system=args.system, **sampling)
+    for path in args.image:
+        try:
+            print(f"attached {session.attach_image(path)} to the first message", file=sys.stderr)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+    if sys.stdin.isatty():
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        print(f"chatting with {args.model}; /help lists the commands, /exit or Ctrl-D quits", file=sys.stderr)
+
+    def read_line() -> str:
+        if not sys.stdin.isatty():
+            return input()  # no prompt marker on a pipe
+        if sys.stdout.isatty():
+            return input("> ")
+        print("> ", end="", file=sys.stderr, flush=True)  # keep a redirected stdout answers-only
+        return input()
+
+    chat_loop(session, read_line, sys.stdout, sys.stderr)
+    if sys.stdin.isatty():
+        print(file=sys.stderr)  # leave the shell's prompt on a line of its own after Ctrl-D
+    return 0
+
+
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "predict",
+        help="answer a JSONL file of questions about images, batched and resumable",
+        description="""Answer a JSONL file of questions about images, in batches (left padding), appending
+the answers to a JSONL file.
+
+input lines   {"id": "q1", "image": "imgs/a.png", "question": "What colour is the square?"}
+              "image" is a path, a list of paths, or absent; relative paths are resolved
+              against --image-root (default: the input file's folder). <image> marks in the
+              question place the images, else they go before it.
+output lines  the input record plus "answer".
+
+Resumable: ids already in --output are skipped, so running an interrupted command again
+finishes it. Each batch is flushed and fsynced, so a kill loses at most the batch in flight,
+and a last line torn by a kill is dropped when the run resumes. Delete --output to start over.
+
+Bad lines (invalid JSON, no id or question, a duplicate id, a missing or undecodable image, a
+prompt longer than the model's context) are reported on stderr with their line numbers and
+skipped; the run finishes, says how many it skipped and exits 0. Greedy by default, so
+batched answers equal one-at-a-time answers.""",
+        epilog="""examples:
+  vlm predict --model runs/sft --input questions.jsonl --output answers.jsonl
+  vlm predict --model runs/sft/model --input q.jsonl --image-root data/images --output out/a.jsonl \\
+      --batch-size 32 --device cuda --max-new-tokens 16""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--model", type=Path, required=True, help="model folder, LoRA output/checkpoint, or training run folder")
+    p.add_argument("--input", type=Path, required=True, help="questions, one JSON object per line")
+    p.add_argument("--output", type=Path, required=True, help="answers file; appended to, and resumed from if it exists")
+    p.add_argument("--image-root", type=Path, help="folder for relative image paths (default: the input file's folder)")
+    p.add_argument("--batch-size", type=int, default=8, help="questions generated together (default: 8)")
+    _add_generation_options(p, what="answer")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from vlm.chat import load_for_chat
+    from vlm.predict import predict_file
+
+    if not args.input.is_file():
+        raise FileNotFoundError(f"{args.input}: no such questions file")
+    if args.image_root is not None and not args.image_root.is_dir():
+        raise FileNotFoundError(f"--image-root {args.image_root}: no such folder")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model, processor = load_for_chat(args.model, device=args.device, dtype=args.dtype)
+    report = predict_file(
+        model, processor, args.input, args.output, image_root=args.image_root, batch_size=args.batch_size,
+        system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        seed=args.seed,
+    )
+    print(f"{args.output}: {report}", file=sys.stderr)
     return 0
 
 
@@ -175,6 +293,52 @@ def _run_data_shapes(args: argparse.Namespace) -> int:
     written = write_shapes_dataset(args.out, args.n, args.seed, n_eval=args.n_eval, progress=sys.stderr.isatty())
     for name, path in written.items():
         print(f"{name}: {path}", file=sys.stderr)
+    return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    from eval.benchmarks import BENCHMARKS
+
+    p = commands.add_parser(
+        "eval",
+        help="run a model over a benchmark (resumable) and score it, or score a predictions file",
+        description="Ask a model a benchmark's questions with the benchmark's standard prompt (greedy, batched) "
+        "and write OUTPUT/predictions.jsonl (appended as batches finish; a rerun asks only what is missing), "
+        "OUTPUT/metrics.json and OUTPUT/report.md. With --score, only score an existing predictions file.",
+        epilog="examples:\n"
+        "  vlm eval --model runs/sft --benchmark pope --data pope/coco --image-root coco/val2014 --limit 100\n"
+        "  vlm eval --score out/predictions.jsonl --benchmark pope --data pope/coco",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="a saved/merged VLM folder, a LoRA training output or checkpoint, or a run folder")
+    source.add_argument("--score", type=Path, metavar="PREDICTIONS", help="score this predictions.jsonl instead of running a model")
+    p.add_argument("--benchmark", required=True, choices=list(BENCHMARKS), help="which benchmark")
+    p.add_argument("--data", type=Path, required=True, help="the benchmark's released file or folder")
+    p.add_argument("--output", type=Path,
+                   help="output folder (default: MODEL/eval/BENCHMARK-DATA, or the predictions file's folder with --score)")
+    p.add_argument("--image-root", type=Path, help="folder holding the images, where the benchmark's default layout does not fit")
+    p.add_argument("--limit", type=int, help="evaluate only the first N questions (file order)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
+    p.add_argument("--max-new-tokens", type=int, help="reply length limit (default: the benchmark's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weight dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from eval.runner import REPORT_FILE, run_eval, score_predictions
+
+    if args.score is not None:
+        result = score_predictions(args.score, args.benchmark, args.data, args.output, image_root=args.image_root, limit=args.limit)
+    else:
+        result = run_eval(
+            args.model, args.benchmark, args.data, args.output, image_root=args.image_root, limit=args.limit,
+            batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
+        )
+    print((result.output_dir / REPORT_FILE).read_text(), end="")
+    print(f"wrote {result.output_dir} ({result.num_generated} answers generated now)", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,535 @@
+"""`vlm eval`: each benchmark's released layout read, prompted, answered, scored and reported.
+
+Fixture files are written here in the released layouts (tiny images made with Pillow). The tiny
+model answers random text, so the tests check the wiring and the arithmetic, not accuracy.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import eval.runner as runner
+from eval import BENCHMARKS, get_benchmark, read_predictions, run_eval, score_predictions
+from eval.loaders import COCO_URL, MMBENCH_URL, POPE_URL, VQAV2_URL
+from eval.shapes import write_shapes_dataset
+from tiny import build_tiny_vlm, make_image
+from vlm.cli import main as vlm_main
+
+SHORT = "Answer the question using a single word or phrase."
+LETTER = "Answer with the option's letter from the given choices directly."
+TOKENS = 3  # keep the random replies short: the tests are about wiring
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, llama_dir) -> Path:
+    """The one tiny VLM of this module, saved as a merged model folder."""
+    model, processor = build_tiny_vlm(llama_dir)
+    out = tmp_path_factory.mktemp("eval-model") / "model"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _image(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_image(seed, size=(48, 48)).save(path)  # the suffix picks the format (.jpg -> JPEG)
+    return path
+
+
+def _json(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+# ------------------------------------------------------------------ released layouts, tiny
+
+
+def write_vqav2(root: Path, prefix: str = "v2_", okvqa: bool = False) -> Path:
+    stem = "OpenEnded_mscoco_val2014_questions.json"
+    questions = [
+        {"image_id": 42, "question": "What color is the box?", "question_id": 420},
+        {"image_id": 42, "question": "How many boxes?", "question_id": 421},
+        {"image_id": 7, "question": "Is it sunny?", "question_id": 70},
+    ]
+    annotations = [
+        {"question_id": 420, "image_id": 42, "answer_type": "other", "answers": [{"answer": "red", "answer_confidence": "yes", "answer_id": i} for i in range(10)]},
+        {"question_id": 421, "image_id": 42, "answer_type": "number", "answers": [{"answer": a, "answer_id": i} for i, a in enumerate(["3"] * 3 + ["4"] * 7)]},
+        {"question_id": 70, "image_id": 7, "answer_type": "yes/no", "answers": [{"answer": "yes", "answer_id": i} for i in range(10)]},
+    ]
+    _json(root / f"{'' if okvqa else prefix}{stem}", {"data_subtype": "val2014", "questions": questions})
+    _json(root / f"{'' if okvqa else prefix}mscoco_val2014_annotations.json", {"annotations": annotations})
+    for image_id in (42, 7):
+        _image(root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg", image_id)
+    return root
+
+
+def write_okvqa(root: Path) -> Path:
+    return write_vqav2(root, okvqa=True)
+
+
+def write_vizwiz(root: Path) -> Path:
+    records = [
+        {"image": f"VizWiz_val_{i:08d}.jpg", "question": q, "answer_type": "other", "answerable": 1,
+         "answers": [{"answer": a, "answer_confidence": "yes"} for a in ["soup"] * 10]}
+        for i, q in enumerate(["What is in this can?", "What is this?"])
+    ]
+    for i in range(2):
+        _image(root / "val" / f"VizWiz_val_{i:08d}.jpg", i)
+    return _json(root / "val.json", records)
+
+
+def write_textvqa(root: Path) -> Path:
+    data = [
+        {"question": "what is written on the sign?", "image_id": "003a8ae2ef43b901", "question_id": 34602, "answers": ["stop"] * 10},
+        {"question": "what brand is it?", "image_id": "0054c91397f2fe05", "question_id": 34603, "answers": ["nokia"] * 8 + ["Nokia"] * 2},
+    ]
+    for i, record in enumerate(data):
+        _image(root / "train_images" / f"{record['image_id']}.jpg", i)
+    return _json(root / "TextVQA_0.5.1_val.json", {"dataset_name": "textvqa", "data": data})
+
+
+# POPE golden (tests/test_metrics_pope.py): random split TP 4, FP 1, TN 3, FN 2.
+POPE_RANDOM_LABELS = ["yes"] * 4 + ["no"] + ["no"] * 3 + ["yes"] * 2
+POPE_RANDOM_ANSWERS = ["Yes"] * 4 + ["Yes, there is."] + ["No"] * 3 + ["No, there is not."] * 2
+
+
+def write_pope(root: Path) -> Path:
+    splits = {
+        "random": (POPE_RANDOM_LABELS, ["dog", "cat", "car", "tree", "cup", "bus", "kite", "sink", "bed", "clock"]),
+        "adversarial": (["yes", "no"], ["zebra", "giraffe"]),
+    }
+    for split, (labels, objects) in splits.items():
+        lines = [
+            json.dumps({"question_id": i + 1, "image": f"COCO_val2014_{i % 3:012d}.jpg",
+                        "text": f"Is there a {objects[i]} in the image?", "label": label})
+            for i, label in enumerate(labels)
+        ]
+        (root / f"coco_pope_{split}.json").parent.mkdir(parents=True, exist_ok=True)
+        (root / f"coco_pope_{split}.json").write_text("\n".join(lines) + "\n")
+    for i in range(3):
+        _image(root / "val2014" / f"COCO_val2014_{i:012d}.jpg", i)
+    return root
+
+
+def write_mme(root: Path) -> Path:
+    release = root / "MME_Benchmark_release_version"
+    # "existence": image and questions side by side; "artwork": images/ + questions_answers_YN/.
+    _image(release / "existence" / "000000006040.jpg", 1)
+    (release / "existence" / "000000006040.txt").write_text(
+        "Is there a train in this image? Please answer yes or no.\tYes\n"
+        "Is there a bed in this image? Please answer yes or no.\tNo\n"
+    )
+    _image(release / "artwork" / "images" / "10002.jpg", 2)
+    (release / "artwork" / "questions_answers_YN").mkdir(parents=True)
+    (release / "artwork" / "questions_answers_YN" / "10002.txt").write_text(
+        "Is this artwork created by Giotto? Please answer yes or no.\tYes\n"
+        "Is this artwork created by Monet? Please answer yes or no.\tNo\n"
+    )
+    return release
+
+
+def write_scienceqa(root: Path) -> Path:
+    problems = {
+        "5": {"question": "Which material is this spatula made of?", "choices": ["rubber", "cotton"], "answer": 0,
+              "hint": "Select the best answer.", "image": "image.png", "split": "test"},
+        "6": {"question": "Which word does not rhyme?", "choices": ["bike", "hike", "fish"], "answer": 2,
+              "hint": "", "image": None, "split": "test"},  # text only: not in ScienceQA-IMG
+        "7": {"question": "Which animal's feet are adapted for digging?", "choices": ["mole", "duck", "eagle"], "answer": 0,
+              "hint": "", "image": "image.png", "split": "test"},
+        "1": {"question": "A training question?", "choices": ["a", "b"], "answer": 1, "hint": "", "image": "image.png", "split": "train"},
+    }
+    _json(root / "problems.json", problems)
+    _json(root / "pid_splits.json", {"train": ["1"], "val": [], "test": ["5", "6", "7"]})
+    for pid in ("5", "7"):
+        _image(root / "images" / "test" / pid / "image.png", int(pid))
+    return root
+
+
+def _png_base64(seed: int) -> str:
+    buffer = io.BytesIO()
+    make_image(seed, size=(48, 48)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+MMBENCH_HEADER = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source", "l2-category", "comment", "split"]
+
+
+def write_mmbench(root: Path) -> Path:
+    rows = [
+        ["0", "What animal is this?", "", "cat", "dog", "bird", "fish", "B", "image_scene", _png_base64(0), "src", "coarse_perception", "", "dev"],
+        ["1", "Is the box red?", "Look at the box.", "yes", "no", "", "", "A", "attribute_recognition", _png_base64(1), "src", "fine_perception", "", "dev"],
+        # a circular copy as VLMEvalKit's TSVs carry them (index + 1e6, image by reference): skipped
+        ["1000000", "What animal is this?", "", "dog", "bird", "fish", "cat", "A", "image_scene", "0", "src", "coarse_perception", "", "dev"],
+    ]
+    path = root / "mmbench_dev_20230712.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join("\t".join(row) for row in [MMBENCH_HEADER, *rows]) + "\n")
+    return path
+
+
+def write_gqa(root: Path) -> Path:
+    questions = {
+        "20968379": {"imageId": "n288870", "question": "Is the sky blue?", "answer": "yes", "isBalanced": True},
+        "20968380": {"imageId": "n288870", "question": "What is on the table?", "answer": "cup", "isBalanced": True},
+    }
+    _image(root / "images" / "n288870.jpg", 3)
+    return _json(root / "testdev_balanced_questions.json", questions)
+
+
+def write_coco_caption(root: Path) -> Path:
+    images = [{"id": 391895, "file_name": "COCO_val2014_000000391895.jpg"}, {"id": 522418, "file_name": "COCO_val2014_000000522418.jpg"}]
+    annotations = [
+        {"image_id": 391895, "id": 1, "caption": "A man riding a bike down a dirt road."},
+        {"image_id": 391895, "id": 2, "caption": "A person on a bicycle on a path."},
+        {"image_id": 522418, "id": 3, "caption": "A woman cutting a cake."},
+    ]
+    for i, image in enumerate(images):
+        _image(root / "val2014" / image["file_name"], i)
+    return _json(root / "annotations" / "captions_val2014.json", {"images": images, "annotations": annotations})
+
+
+def write_shapes(root: Path) -> Path:
+    return write_shapes_dataset(root, n=1, n_eval=2, parts=("eval",))["eval"]
+
+
+# name -> (writer, number of prompts, metric keys that must be there)
+FORMATS = {
+    "vqav2": (write_vqav2, 3, {"overall", "per_answer_type", "num_questions"}),
+    "okvqa": (write_okvqa, 3, {"overall", "per_answer_type"}),
+    "vizwiz": (write_vizwiz, 2, {"overall"}),
+    "textvqa": (write_textvqa, 2, {"overall"}),
+    "pope": (write_pope, 12, {"random", "adversarial", "mean"}),
+    "mme": (write_mme, 4, {"perception", "cognition", "subtasks", "unpaired_questions_skipped"}),
+    "scienceqa": (write_scienceqa, 2, {"accuracy", "image_accuracy", "num_failed"}),
+    "mmbench": (write_mmbench, 6, {"overall", "per_category", "per_l2_category", "num_questions"}),
+    "gqa": (write_gqa, 2, {"accuracy", "num_correct"}),
+    "coco_caption": (write_coco_caption, 2, {"bleu_4", "cider", "num_images"}),
+    "shapes": (write_shapes, None, {"accuracy", "per_task"}),
+}
+
+
+def test_every_benchmark_but_nlvr_has_a_fixture():
+    assert set(BENCHMARKS) == set(FORMATS) | {"nlvr"}
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_end_to_end_on_each_released_format(name, model_dir, tmp_path):
+    writer, num_prompts, metric_keys = FORMATS[name]
+    data = writer(tmp_path / "data")
+    if num_prompts is None:  # shapes: as many questions as eval.json holds
+        num_prompts = len(json.loads(Path(data).read_text()))
+    result = run_eval(model_dir, name, data, tmp_path / "out", max_new_tokens=TOKENS, progress=False)
+
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == num_prompts == result.num_generated
+    assert all(set(r) == {"id", "prompt", "answer", "reference"} for r in records)
+    assert all(r["prompt"].startswith("<image>\n") and isinstance(r["answer"], str) for r in records)
+    assert len({r["id"] for r in records}) == num_prompts
+
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary == result.summary
+    assert summary["benchmark"] == name and summary["model"] == str(model_dir.resolve())
+    assert summary["num_questions"] == summary["num_answered"] == summary["num_total"] == num_prompts
+    assert summary["max_new_tokens"] == TOKENS
+    assert metric_keys <= set(summary["metrics"])
+
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert report.startswith(f"# {name} evaluation")
+    assert str(model_dir.resolve()) in report and f"| questions | {num_prompts} answered of {num_prompts} |" in report
+    assert "| metric | value |" in report
+
+
+# --------------------------------------------------------------------------- prompts, exactly
+
+
+def _prompts(name: str, data: Path) -> dict[str, str]:
+    bench = get_benchmark(name)
+    return {q.id: bench.prompt(q) for q in bench.load_questions(data)}
+
+
+def test_prompts_are_the_benchmarks_own(tmp_path):
+    pope = _prompts("pope", write_pope(tmp_path / "pope"))
+    assert pope["random-1"] == f"<image>\nIs there a dog in the image?\n{SHORT}"
+    assert list(pope)[:2] == ["random-1", "random-2"] and list(pope)[-1] == "adversarial-2"
+
+    vqa = _prompts("vqav2", write_vqav2(tmp_path / "vqa"))
+    assert vqa["420"] == f"<image>\nWhat color is the box?\n{SHORT}"
+
+    vizwiz = _prompts("vizwiz", write_vizwiz(tmp_path / "vizwiz"))
+    assert vizwiz["VizWiz_val_00000000"] == (
+        "<image>\nWhat is in this can?\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" + SHORT
+    )
+
+    mme = _prompts("mme", write_mme(tmp_path / "mme"))
+    assert mme["existence/000000006040.jpg/0"] == "<image>\nIs there a train in this image? Please answer yes or no."
+
+    sqa = _prompts("scienceqa", write_scienceqa(tmp_path / "sqa"))
+    assert list(sqa) == ["5", "7"]  # the test split's image questions
+    assert sqa["5"] == (
+        "<image>\nContext: Select the best answer.\nWhich material is this spatula made of?\nA. rubber\nB. cotton\n" + LETTER
+    )
+
+    mmbench = _prompts("mmbench", write_mmbench(tmp_path / "mmb"))
+    assert list(mmbench) == ["0-r0", "0-r1", "0-r2", "0-r3", "1-r0", "1-r1"]
+    assert mmbench["0-r1"] == f"<image>\nWhat animal is this?\nA. dog\nB. bird\nC. fish\nD. cat\n{LETTER}"
+    assert mmbench["1-r0"] == f"<image>\nLook at the box.\nIs the box red?\nA. yes\nB. no\n{LETTER}"
+
+    caption = _prompts("coco_caption", write_coco_caption(tmp_path / "coco"))
+    assert caption == {q: "<image>\nProvide a one-sentence caption for the provided image." for q in ("391895", "522418")}
+
+
+def test_loaders_keep_the_released_references(tmp_path):
+    questions = get_benchmark("mmbench").load_questions(write_mmbench(tmp_path / "mmb"))
+    # "dog" (B) moves to A, D, C as the options rotate; the 2-option question is asked twice.
+    assert [q.reference for q in questions] == ["B", "A", "D", "C", "A", "B"]
+    assert questions[0].images[0].to_bytes().startswith(b"\x89PNG")
+    vqa = get_benchmark("vqav2").load_questions(write_vqav2(tmp_path / "vqa"))
+    assert vqa[1].reference == ["3"] * 3 + ["4"] * 7 and vqa[1].meta["answer_type"] == "number"
+    assert vqa[2].images[0] == (tmp_path / "vqa" / "val2014" / "COCO_val2014_000000000007.jpg").resolve()
+
+
+# ------------------------------------------------------------------------------------ resume
+
+
+@pytest.fixture
+def count_generate(monkeypatch):
+    """Record the prompts of every generate call the runner makes."""
+    calls: list[list[str]] = []
+    real = runner.generate_answers
+
+    def counting(model, processor, prompts, images, max_new_tokens):
+        calls.append(list(prompts))
+        return real(model, processor, prompts, images, max_new_tokens)
+
+    monkeypatch.setattr(runner, "generate_answers", counting)
+    return calls
+
+
+def test_resume_asks_only_what_is_missing(model_dir, tmp_path, count_generate):
+    data = write_pope(tmp_path / "pope")
+    out = tmp_path / "out"
+    first = run_eval(model_dir, "pope", data, out, limit=2, batch_size=4, max_new_tokens=TOKENS, progress=False)
+    assert first.num_generated == 2 and len(count_generate) == 1
+    assert first.summary["num_questions"] == 2 and first.summary["num_total"] == 12
+    assert "--limit 2; 12 in the benchmark" in (out / "report.md").read_text()
+    first_lines = (out / "predictions.jsonl").read_text().splitlines()
+
+    count_generate.clear()
+    second = run_eval(model_dir, "pope", data, out, batch_size=4, max_new_tokens=TOKENS, progress=False)
+    assert second.num_generated == 10
+    assert [len(call) for call in count_generate] == [4, 4, 2]
+    asked = [prompt for call in count_generate for prompt in call]
+    assert not any("Is there a dog in the image?" in p or "Is there a cat in the image?" in p for p in asked)
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert lines[:2] == first_lines  # earlier answers kept, in place
+    assert [json.loads(line)["id"] for line in lines] == [f"random-{i}" for i in range(1, 11)] + ["adversarial-1", "adversarial-2"]
+
+    count_generate.clear()
+    third = run_eval(model_dir, "pope", data, out, max_new_tokens=TOKENS, progress=False)
+    assert third.num_generated == 0 and count_generate == []  # all answered: no model call at all
+    assert third.metrics == second.metrics
+
+
+def test_a_torn_last_line_is_asked_again(model_dir, tmp_path, count_generate):
+    data = write_gqa(tmp_path / "gqa")
+    out = tmp_path / "out"
+    run_eval(model_dir, "gqa", data, out, max_new_tokens=TOKENS, progress=False)
+    path = out / "predictions.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + lines[1][: len(lines[1]) // 2])  # a crash in the middle of the 2nd write
+    assert list(read_predictions(path)) == ["20968379"]
+
+    count_generate.clear()
+    result = run_eval(model_dir, "gqa", data, out, max_new_tokens=TOKENS, progress=False)
+    assert result.num_generated == 1 and len(count_generate) == 1
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["20968379", "20968380"]
+
+
+def test_an_output_folder_of_another_evaluation_is_refused(model_dir, tmp_path):
+    data = write_gqa(tmp_path / "gqa")
+    out = tmp_path / "out"
+    run_eval(model_dir, "gqa", data, out, max_new_tokens=TOKENS, progress=False)
+    with pytest.raises(ValueError, match="not in pope"):
+        run_eval(model_dir, "pope", write_pope(tmp_path / "pope"), out, max_new_tokens=TOKENS, progress=False)
+    path = out / "predictions.jsonl"
+    path.write_text(path.read_text().replace("Is the sky blue?", "Is the sky green?"))
+    with pytest.raises(ValueError, match="another prompt"):
+        run_eval(model_dir, "gqa", data, out, max_new_tokens=TOKENS, progress=False)
+
+
+def test_batching_does_not_change_the_answers(model_dir, tmp_path):
+    data = write_mmbench(tmp_path / "mmb")  # prompts of different lengths: left padding matters
+    one = run_eval(model_dir, "mmbench", data, tmp_path / "b1", batch_size=1, max_new_tokens=6, progress=False)
+    four = run_eval(model_dir, "mmbench", data, tmp_path / "b4", batch_size=4, max_new_tokens=6, progress=False)
+    answers = [read_predictions(result.output_dir / "predictions.jsonl") for result in (one, four)]
+    assert {k: r["answer"] for k, r in answers[0].items()} == {k: r["answer"] for k, r in answers[1].items()}
+
+
+def test_limit_keeps_whole_groups_and_a_run_folder_works(model_dir, tmp_path):
+    run_folder = tmp_path / "run"
+    shutil.copytree(model_dir, run_folder / "model")  # a training run's final model
+    data = write_mmbench(tmp_path / "mmb")
+    result = run_eval(run_folder, "mmbench", data, limit=1, progress=False)
+    assert result.output_dir == run_folder / "eval" / "mmbench-mmbench_dev_20230712"
+    ids = list(read_predictions(result.output_dir / "predictions.jsonl"))
+    assert ids == ["0-r0", "0-r1", "0-r2", "0-r3"]  # one question = its four rotations
+    assert result.metrics["num_questions"] == 1 and result.metrics["incomplete_rotations_skipped"] == 0
+    assert result.summary["max_new_tokens"] == get_benchmark("mmbench").max_new_tokens
+
+
+# --------------------------------------------------------------------------- scoring alone
+
+
+def _predictions(path: Path, answers: dict[str, str]) -> Path:
+    path.write_text("".join(json.dumps({"id": k, "answer": v}) + "\n" for k, v in answers.items()))
+    return path
+
+
+def test_score_pope_known_confusion_matrix(tmp_path):
+    data = write_pope(tmp_path / "pope")
+    answers = {f"random-{i + 1}": a for i, a in enumerate(POPE_RANDOM_ANSWERS)}
+    answers.update({"adversarial-1": "Yes", "adversarial-2": "No"})
+    result = score_predictions(_predictions(tmp_path / "p.jsonl", answers), "pope", data, tmp_path / "scored")
+    random = result.metrics["random"]
+    assert (random["true_positives"], random["false_positives"], random["true_negatives"], random["false_negatives"]) == (4, 1, 3, 2)
+    assert random["accuracy"] == pytest.approx(70.0)
+    assert random["precision"] == pytest.approx(80.0)
+    assert random["recall"] == pytest.approx(200 / 3)
+    assert random["f1"] == pytest.approx(800 / 11)
+    assert random["yes_ratio"] == pytest.approx(50.0)
+    assert result.metrics["adversarial"]["accuracy"] == pytest.approx(100.0)
+    assert result.metrics["mean"]["f1"] == pytest.approx((800 / 11 + 100) / 2)
+    saved = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    assert saved["model"] is None and saved["num_answered"] == 12
+    assert "| random/f1 | 72.73 |" in (tmp_path / "scored" / "report.md").read_text()
+
+
+def test_score_vqa_mmbench_and_partial_files(tmp_path):
+    vqa = write_vqav2(tmp_path / "vqa")
+    # 3 of 10 humans said "3": min(1, 2/3) for the 3 left-out rounds, 1 for the 7 others -> 0.9
+    result = score_predictions(_predictions(tmp_path / "v.jsonl", {"420": "Red", "421": "three", "70": "yes"}), "vqav2", vqa)
+    assert result.metrics["overall"] == pytest.approx(100 * (0 + 0.9 + 1) / 3)  # "Red" != ten identical "red"
+    assert result.metrics["per_answer_type"] == pytest.approx({"other": 0.0, "number": 90.0, "yes/no": 100.0})
+    assert result.output_dir == tmp_path
+
+    mmb = write_mmbench(tmp_path / "mmb")
+    right = {"0-r0": "B", "0-r1": "A", "0-r2": "D", "0-r3": "C", "1-r0": "A", "1-r1": "A"}  # 1-r1 should be B
+    result = score_predictions(_predictions(tmp_path / "m.jsonl", right), "mmbench", mmb, tmp_path / "m")
+    assert result.metrics["overall"] == pytest.approx(50.0)
+    assert result.metrics["per_category"] == {"attribute_recognition": 0.0, "image_scene": 100.0}
+    del right["1-r1"]  # a partial file: question 1 cannot be scored circularly
+    result = score_predictions(_predictions(tmp_path / "m2.jsonl", right), "mmbench", mmb, tmp_path / "m2")
+    assert result.metrics["overall"] == pytest.approx(100.0) and result.metrics["incomplete_rotations_skipped"] == 1
+    assert result.summary["num_answered"] == 5 and result.summary["num_questions"] == 6
+
+    no_final_newline = tmp_path / "n.jsonl"
+    no_final_newline.write_text(json.dumps({"id": "0-r0", "answer": "B"}) + "\n" + json.dumps({"id": "0-r1", "answer": "A"}))
+    assert list(read_predictions(no_final_newline)) == ["0-r0", "0-r1"]  # complete, only the newline is missing
+
+    with pytest.raises(ValueError, match="not in mmbench"):
+        score_predictions(_predictions(tmp_path / "x.jsonl", {"0-r9": "A"}), "mmbench", mmb, tmp_path / "x")
+
+
+# ------------------------------------------------------------------------ missing files
+
+
+def test_missing_data_names_the_file_and_the_publisher(tmp_path):
+    with pytest.raises(FileNotFoundError, match="coco_pope_random.json") as err:
+        get_benchmark("pope").load_questions(tmp_path)
+    assert POPE_URL in str(err.value)
+    with pytest.raises(FileNotFoundError) as err:
+        get_benchmark("mmbench").load_questions(tmp_path / "mmbench_dev_20230712.tsv")
+    assert "mmbench_dev_20230712.tsv" in str(err.value) and MMBENCH_URL in str(err.value)
+    data = write_vqav2(tmp_path / "vqa")
+    (data / "v2_mscoco_val2014_annotations.json").unlink()
+    with pytest.raises(FileNotFoundError, match="annotations") as err:
+        get_benchmark("vqav2").load_questions(data / "v2_OpenEnded_mscoco_val2014_questions.json")
+    assert "v2_mscoco_val2014_annotations.json" in str(err.value) and VQAV2_URL in str(err.value)
+    with pytest.raises(FileNotFoundError, match="captions_val2014.json") as err:
+        get_benchmark("coco_caption").load_questions(tmp_path / "captions_val2014.json")
+    assert COCO_URL in str(err.value)
+
+
+def test_missing_images_fail_before_the_model_is_loaded(tmp_path):
+    data = write_pope(tmp_path / "pope")
+    missing = data / "val2014" / "COCO_val2014_000000000001.jpg"
+    missing.unlink()
+    with pytest.raises(FileNotFoundError) as err:  # the model folder does not even exist
+        run_eval(tmp_path / "no-model", "pope", data, tmp_path / "out", progress=False)
+    message = str(err.value)
+    assert str(missing) in message and "1 of 3 image files are missing" in message
+    assert "(question random-2)" in message
+    assert "--image-root" in message and POPE_URL in message
+    with pytest.raises(ValueError, match="drop --image-root"):
+        get_benchmark("mme").load_questions(write_mme(tmp_path / "mme"), image_root=tmp_path)
+
+
+def test_cli_reports_a_missing_file_as_an_error(tmp_path, capsys):
+    code = vlm_main(["eval", "--score", str(tmp_path / "none.jsonl"), "--benchmark", "gqa", "--data", str(tmp_path)])
+    assert code == 2 and "none.jsonl" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- NLVR, real data
+
+_REPO = Path(__file__).resolve().parents[1]
+NLVR_DEV = next(
+    (p for p in (_REPO.parent / "shared" / "data" / "nlvr1" / "dev", _REPO / "shared" / "data" / "nlvr1" / "dev") if p.is_dir()),
+    _REPO.parent / "shared" / "data" / "nlvr1" / "dev",
+)
+
+
+def test_nlvr_on_real_dev_examples(model_dir, tmp_path):
+    # dev.json line 1: identifier "1572-0", label true, six renderings.
+    result = run_eval(model_dir, "nlvr", NLVR_DEV, tmp_path / "out", limit=7, max_new_tokens=TOKENS, progress=False)
+    records = list(read_predictions(tmp_path / "out" / "predictions.jsonl").values())
+    assert [r["id"] for r in records[:6]] == [f"dev-1572-0-{k}" for k in range(6)]
+    assert records[0]["prompt"] == (
+        "<image>\nIs the following statement true or false about the image? "
+        "Each grey box contains atleast one yellow object touching the edge\nAnswer with a single word: true or false."
+    )
+    assert records[0]["reference"] == "true"
+    metrics = result.metrics
+    assert metrics["num_images"] == 7 and metrics["num_sentences"] == 2
+    assert metrics["num_correct"] + metrics["num_unparseable"] <= 7
+
+    # The metric step on hand-written answers: all six renderings of 1572-0 right -> consistent;
+    # the 7th image (sentence 2) answered with nothing parseable -> wrong, its sentence inconsistent.
+    answers = {r["id"]: "true" for r in records[:6]} | {records[6]["id"]: "maybe"}
+    scored = score_predictions(_predictions(tmp_path / "p.jsonl", answers), "nlvr", NLVR_DEV, tmp_path / "s")
+    assert scored.metrics["accuracy"] == pytest.approx(600 / 7)
+    assert scored.metrics["consistency"] == pytest.approx(50.0)
+    assert scored.metrics["num_unparseable"] == 1
+    assert scored.summary["num_answered"] == 7 and scored.summary["num_total"] == 6 * 989
+
+
+# ------------------------------------------------------------------------------ the command
+
+
+def test_cli_smoke(model_dir, tmp_path):
+    data = write_shapes(tmp_path / "shapes")
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "vlm", "eval", "--model", str(model_dir), "--benchmark", "shapes", "--data", str(data),
+         "--output", str(out), "--limit", "2", "--batch-size", "2", "--max-new-tokens", "3"],
+        capture_output=True, text=True, timeout=300,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# shapes evaluation") and "accuracy" in result.stdout
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / "metrics.json").read_text())["num_answered"] == 2
+    # the metric step alone, in-process, on the file the command wrote
+    assert vlm_main(["eval", "--score", str(out / "predictions.jsonl"), "--benchmark", "shapes", "--data", str(data),
+                     "--output", str(tmp_path / "rescored")]) == 0
+    rescored = json.loads((tmp_path / "rescored" / "metrics.json").read_text())
+    assert rescored["metrics"] == json.loads((out / "metrics.json").read_text())["metrics"]
