@@ -115,7 +115,7 @@ class TrainConfig:
     """Allow a new run (not a resume) into an output_dir that already holds a run."""
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = _coerce_numbers(self)
         if self.stage not in STAGES:
             problems.append(f"stage={self.stage!r} is not one of {', '.join(STAGES)}")
         if self.stage == "sft" and not self.init_from:
@@ -143,6 +143,24 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _coerce_numbers(cfg: TrainConfig) -> list[str]:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; turn such values into the field's number type."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kinds = str(f.type).replace(" ", "").split("|")
+        if not isinstance(value, str) or not ({"float", "int"} & set(kinds)):
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            if "str" not in kinds:
+                problems.append(f"{f.name}={value!r} is not a number")
+            continue
+        setattr(cfg, f.name, int(number) if "float" not in kinds and number.is_integer() else number)
+    return problems
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
