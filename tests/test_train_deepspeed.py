@@ -40,3 +40,12 @@ def test_zero_run_trains_checkpoints_and_resumes(zero, port, tmp_path, llama_dir
     steps = [e["step"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert (run / "checkpoint-6").is_dir()
+
+    # The ZeRO optimizer state is partitioned for 2 processes: one process must not resume it.
+    from train.config import TrainConfig
+    from train.run import resolve_resume
+
+    single = TrainConfig(stage="pretrain", data=["unused.json"], output_dir=str(run), resume=True)
+    with pytest.raises(ValueError, match="written by 2 processes .* this run has 1"):
+        resolve_resume(single)
+

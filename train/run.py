@@ -73,11 +73,14 @@ def resolve_resume(cfg: TrainConfig) -> str | None:
     if isinstance(cfg.resume, str):
         if not Path(cfg.resume).is_dir():
             raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint folder")
+        check_world_size(Path(cfg.resume))
         return cfg.resume
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if cfg.resume:
         if last is None:
             log(f"resume=true but {output_dir} holds no complete checkpoint yet: starting from scratch")
+        else:
+            check_world_size(Path(last))
         return last
     if last is not None and not cfg.overwrite_output_dir:
         raise FileExistsError(
@@ -85,6 +88,24 @@ def resolve_resume(cfg: TrainConfig) -> str | None:
             "overwrite_output_dir=true to start over, or choose another output_dir"
         )
     return None
+
+
+def check_world_size(checkpoint: Path) -> None:
+    """Refuse (ZeRO) or warn (plain) when a checkpoint was written by another number of processes."""
+    saved = len(list(checkpoint.glob("rng_state_*.pth"))) or 1  # one RNG file per process when distributed
+    current = int(os.environ.get("WORLD_SIZE", "1"))
+    if saved == current:
+        return
+    if any(p.is_dir() and p.name.startswith("global_step") for p in checkpoint.iterdir()):
+        raise ValueError(
+            f"{checkpoint} was written by {saved} processes and its ZeRO optimizer state is partitioned for "
+            f"{saved}; this run has {current}. Resume with {saved} processes, or start a new run from its weights: "
+            f"vlm merge {checkpoint} --out MERGED, then init_from=MERGED (the optimizer state starts fresh)"
+        )
+    log(
+        f"warning: {checkpoint} was written by {saved} processes, this run has {current}: the global batch "
+        "changes, so the remaining steps and the data position follow the new world size"
+    )
 
 
 def training_arguments(cfg: TrainConfig) -> TrainingArguments:
