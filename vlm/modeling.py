@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from projector import build_projector
@@ -165,6 +166,7 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        labeled_positions_only: bool | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Embed text and images, then run the LLM (which computes the shifted cross-entropy on ``labels``).
@@ -174,6 +176,14 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
             pixel_values: ``(N_img, 3, H, W)``, all images of the batch in sample order.
             num_images: ``(B,)`` images per sample; optional, enables per-sample checks.
             labels: ``(B, L)``, ``-100`` where no loss is taken.
+            labeled_positions_only: with ``labels``, run the LM head and the loss only at the
+                positions that predict a label (shifted label not ``-100``): the image tokens,
+                the prompt and the padding need no vocabulary projection. The loss (and its
+                gradients) equal the plain path's; ``logits`` is then ``(N_labeled, vocab)``, the
+                rows of those positions in row-major (sample, position) order, not ``(B, L, vocab)``.
+                ``None`` (default): on in training mode, off in eval mode. Falls back to the
+                plain path for an LLM without a separate decoder and output embedding, with
+                logit post-processing (soft-capping, scaling), or when ``logits_to_keep`` is set.
             **kwargs: passed to the LLM (``cache``, ``output_hidden_states``, ...).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -182,6 +192,32 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, num_images)
         elif pixel_values is not None:
             raise ValueError("pixel_values need input_ids (the placeholders say where the images go), not inputs_embeds")
+        if labeled_positions_only is None:
+            labeled_positions_only = self.training
+        split = _decoder_and_plain_head(self.language_model) if labels is not None and labeled_positions_only else None
+        if split is not None and isinstance(logits_to_keep, int) and logits_to_keep == 0 and "shift_labels" not in kwargs:
+            decoder, head = split
+            num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+            outputs = decoder(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                **kwargs,
+            )
+            # The plain path's shift: position t predicts labels[t + 1]; the last predicts nothing.
+            shift_labels = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].to(inputs_embeds.device)  # [B, L]
+            learned = shift_labels != -100  # [B, L]
+            logits = head(outputs.last_hidden_state[learned])  # [N_labeled, V]
+            # transformers' own causal-LM cross-entropy (float, mean or sum / num_items_in_batch).
+            loss = fixed_cross_entropy(logits.float(), shift_labels[learned], num_items_in_batch, ignore_index=-100)
+            return CausalLMOutputWithPast(
+                loss=loss,
+                logits=logits,
+                cache=outputs.cache,
+                hidden_states=outputs.hidden_states,
+                attentions=outputs.attentions,
+            )
         return self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -191,3 +227,31 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+
+
+# Config fields with which an LLM's forward changes the logits after its output embedding
+# (Gemma-style soft-capping, Cohere / Granite scaling, ...): the labeled-positions path, which
+# applies the output embedding alone, must not be used for those.
+_LOGIT_POST_PROCESSING = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "logits_soft_cap",
+    "output_logit_soft_cap",
+    "output_multiplier",
+)
+
+
+def _decoder_and_plain_head(language_model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """``(decoder, output embedding)`` when ``lm_head(decoder(x))`` is the LLM's whole logit computation, else ``None``."""
+    get_decoder = getattr(language_model, "get_decoder", None)
+    decoder = get_decoder() if get_decoder is not None else getattr(language_model, "model", None)
+    head = language_model.get_output_embeddings() if hasattr(language_model, "get_output_embeddings") else None
+    if decoder is None or decoder is language_model or head is None:
+        return None
+    config = language_model.config
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_POST_PROCESSING):
+        return None
+    if getattr(language_model, "final_logits_bias", None) is not None:
+        return None
+    return decoder, head

@@ -1,0 +1,730 @@
+"""Issue 8 speed benchmark: our VLM against transformers' LLaVA holding the same weights, on this machine.
+
+Usage::
+
+    python -m benchmarks.speed                  # full shapes, every row (~15 min on 2 CPU cores)
+    python -m benchmarks.speed --quick          # tiny shapes, fp32 and bf16: a CI smoke run
+    python benchmarks/speed.py --rows stage1 full --steps 5 --out runs/benchmarks/speed.json
+    python -m benchmarks.speed --rows full --impls ours --profile   # + the top ops of one step
+
+Shapes (full): open_clip ViT-B-16 (random weights: speed does not depend on them), 196 patch
+tokens from block -2, LLaVA's projector (``mlp2x_gelu``: LLaVA has no other, see
+``benchmarks/llava_reference.py``), SmolLM2-135M-Instruct (the offline weights). Sequences are
+real training samples of the synthetic shapes data (``eval/shapes.py``) tokenized with the real
+tokenizer and chat template by the training code (``train.dataset``): captions for stage 1,
+1-3 turn QA for stage 2, eval questions for inference.
+
+Rows: a stage 1 step (projector trainable), a stage 2 LoRA step and a stage 2 full step
+(each forward + backward + AdamW step), with our labeled-positions LM head on and off (the
+issue's one optimization); time to first token and decode speed at batch 1 and 8.
+
+Implementations: ``ours`` (VLMForCausalLM as training runs it), ``ours-plain`` (the same with
+``labeled_positions_only=False``: LM head on every position) and ``reference``
+(``LlavaForConditionalGeneration`` with the same weights, wrapped the same way by peft).
+
+How figures are made:
+- time: median of ``--steps`` timed repetitions after ``--warmup`` untimed ones. Inference
+  times come from one ``generate`` of N new tokens per repetition, clocked at every step by a
+  no-op logits processor: time to first token is the prefill (vision tower, projector, prompt
+  forward); a decode step is the mean gap between later steps (a batch's one new token each).
+- memory: each (row, implementation) runs in its own worker process. Peak memory is the RSS
+  high-water mark (``VmHWM``) of that process over the row's warm-up and timed steps, reset
+  (``/proc/self/clear_refs``) after the model is loaded and set up, so it counts weights,
+  gradients, optimizer state and activations, but not loading transients. Where the reset is
+  impossible it is the high-water mark since the worker started (``ru_maxrss``). The TTFT and
+  decode rows of one batch size share one worker, hence one peak (prefill + decode).
+- FLOPs: counted with ``torch.utils.flop_counter.FlopCounterMode`` during the first warm-up
+  repetition, with formulas added for the CPU attention kernels it does not know. Model FLOPs
+  of a row are those of the plain computation (``ours-plain`` for training rows, ``ours`` for
+  inference) and serve as the numerator of every implementation's MFU, so MFU ratios are speed
+  ratios. MFU is given against this machine's fp32 and bf16 matmul peaks, measured in the run.
+- bf16 means ``torch.autocast("cpu", dtype=torch.bfloat16)`` over fp32 weights, as training's
+  ``bf16=true`` does. Without AMX / AVX512-BF16 it is far slower than fp32; the measured peaks
+  say by how much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import json
+import os
+import platform
+import random
+import re
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/speed.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRAIN_ROWS = ("stage1", "lora", "full")
+INFER_ROWS = ("infer_b1", "infer_b8")
+ROWS = TRAIN_ROWS + INFER_ROWS
+IMPLS = ("ours", "ours-plain", "reference")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+ROW_TITLES = {
+    "stage1": "stage 1 step (projector)",
+    "lora": "stage 2 LoRA step",
+    "full": "stage 2 full step",
+}
+RESULT_MARK = "BENCH_RESULT "
+
+# --quick: the same code paths on tiny models (the real tokenizer, 224 px / patch 16 -> 196 tokens).
+QUICK_CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 64, "layers": 2, "head_width": 32, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": 16, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+QUICK_LLM_OVERRIDES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+@dataclass
+class Settings:
+    """What one run measures; the CLI's flags, and what every worker is told."""
+
+    quick: bool
+    rows: list[str]
+    impls: list[str]
+    dtypes: list[str]
+    train_batch: int
+    steps: int
+    warmup: int
+    new_tokens: int
+    profile: bool
+    workdir: str = ""
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed",
+        description="Training-step and inference speed of our VLM vs transformers' LLaVA with the same weights (issue 8).",
+        epilog="example: python -m benchmarks.speed --rows stage1 full infer_b1 --steps 5",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny models, few steps, fp32 and bf16: a CI smoke run")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default: all)")
+    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations (default: all)")
+    parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=None,
+                        help="compute dtypes (default: fp32; --quick: fp32 bf16). bf16 = CPU autocast, ~60-100x slower than fp32 without AMX")
+    parser.add_argument("--train-batch", type=int, default=None, help="samples per training step (default 4; --quick 2)")
+    parser.add_argument("--steps", type=int, default=None, help="timed repetitions per figure (default 3; --quick 2)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (>= 1; the first counts FLOPs)")
+    parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated for the decode figure (default 32; --quick 4)")
+    parser.add_argument("--profile", action="store_true", help="also profile one step of `ours` per training row and print its top ops")
+    parser.add_argument("--out", default="runs/benchmarks/speed.json", help="JSON results file (default: %(default)s)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run rows in this process instead of one worker process each (faster start; peak memory less isolated)")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the saved models and batches (printed path)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one (row, impl, dtype) as JSON
+    args = parser.parse_args(argv)
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1: the first warm-up repetition counts the FLOPs")
+    return args
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    quick = args.quick
+    return Settings(
+        quick=quick,
+        rows=list(dict.fromkeys(args.rows)),
+        impls=list(dict.fromkeys(args.impls)),
+        dtypes=list(dict.fromkeys(args.dtype or (["fp32", "bf16"] if quick else ["fp32"]))),
+        train_batch=args.train_batch or (2 if quick else 4),
+        steps=args.steps or (2 if quick else 3),
+        warmup=args.warmup,
+        new_tokens=args.new_tokens or (4 if quick else 32),
+        profile=args.profile,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.worker:
+        spec = json.loads(args.worker)
+        print(RESULT_MARK + json.dumps(run_worker(Settings(**spec["settings"]), spec["row"], spec["impl"], spec["dtype"])))
+        return {}
+    settings = settings_from_args(args)
+    settings.workdir = tempfile.mkdtemp(prefix="vlm-bench-")
+    try:
+        report = run_benchmark(settings, in_process=args.in_process)
+    finally:
+        if args.keep_workdir:
+            print(f"work folder kept: {settings.workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(settings.workdir, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(render_report(report))
+    print(f"\nJSON: {out}")
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# The run: machine, peaks, models and batches, one worker per (row, impl, dtype), the table
+# --------------------------------------------------------------------------------------------
+
+
+def run_benchmark(settings: Settings, in_process: bool = False) -> dict[str, Any]:
+    started = time.time()
+    machine = machine_info()
+    print(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load {machine['load_before']}", file=sys.stderr)
+    peaks = {name: measure_matmul_peak(DTYPES[name], settings.quick) for name in ("fp32", "bf16")}
+    print(f"matmul peaks: fp32 {peaks['fp32']['gflops']:.1f} GFLOP/s, bf16 {peaks['bf16']['gflops']:.2f} GFLOP/s", file=sys.stderr)
+    shapes = prepare(settings)
+    results = []
+    for dtype in settings.dtypes:
+        for row in settings.rows:
+            for impl in settings.impls:
+                if impl == "ours-plain" and row not in TRAIN_ROWS:
+                    continue  # the optimization only changes training steps
+                print(f"running {row} / {impl} / {dtype} ...", file=sys.stderr)
+                if in_process:
+                    records = run_worker(settings, row, impl, dtype)
+                else:
+                    records = run_worker_process(settings, row, impl, dtype)
+                results.extend(records)
+                for record in records:
+                    print(f"  {record['row']} {impl}: {1e3 * record['median_s']:.1f} ms (median of "
+                          f"{[round(1e3 * t) for t in record['times_s']]}), load {record['load_1m']}", file=sys.stderr)
+    machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    # Measured again at the end, keeping the faster: on a shared machine a burst of other work
+    # during one measurement would understate the peak (and overstate MFU).
+    for name in ("fp32", "bf16"):
+        again = measure_matmul_peak(DTYPES[name], settings.quick)
+        peaks[name]["gflops_start_end"] = [peaks[name]["gflops"], again["gflops"]]
+        if again["gflops"] > peaks[name]["gflops"]:
+            peaks[name].update(gflops=again["gflops"], n=again["n"])
+    return {
+        "settings": {k: v for k, v in asdict(settings).items() if k != "workdir"},
+        "machine": machine,
+        "matmul_peak": peaks,
+        "shapes": shapes,
+        "results": results,
+        "summary": summarize(results, peaks),
+        "wall_s": round(time.time() - started, 1),
+    }
+
+
+def run_worker_process(settings: Settings, row: str, impl: str, dtype: str) -> list[dict[str, Any]]:
+    spec = json.dumps({"settings": asdict(settings), "row": row, "impl": impl, "dtype": dtype})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--worker", spec], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    if done.returncode or not lines:
+        raise RuntimeError(f"worker {row}/{impl}/{dtype} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(lines[-1][len(RESULT_MARK):])
+
+
+def machine_info() -> dict[str, Any]:
+    import open_clip
+    import peft
+    import transformers
+
+    cpu_model = platform.processor() or "unknown"
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"model name\s*:\s*(.+)", cpuinfo)
+        family = re.search(r"cpu family\s*:\s*(\d+)", cpuinfo)
+        model = re.search(r"^model\s*:\s*(\d+)", cpuinfo, re.M)
+        if found:
+            cpu_model = found.group(1).strip() + (f" (family {family.group(1)}, model {model.group(1)})" if family and model else "")
+        flags = re.search(r"flags\s*:\s*(.+)", cpuinfo)
+        flags = set(flags.group(1).split()) if flags else set()
+    except OSError:
+        flags = set()
+    return {
+        "cpu_model": cpu_model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "amx_bf16": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "open_clip": open_clip.__version__,
+        },
+    }
+
+
+def measure_matmul_peak(dtype: torch.dtype, quick: bool) -> dict[str, Any]:
+    """GFLOP/s of the fastest repetition of square matmuls: the peak that MFU is measured against.
+
+    The fastest, not the median: a peak is what the machine can do, and other work on a shared
+    machine only ever slows a repetition down.
+    """
+    if dtype == torch.float32:
+        sizes = [256, 512] if quick else [1024, 2048, 3072]
+    else:  # without AMX, bf16 matmul is so slow that large sizes would take minutes
+        sizes = [128, 256] if quick else [256, 512]
+    best = {"gflops": 0.0, "n": None}
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        reps = max(3, min(20, int(4e10 / n**3)))
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        gflops = 2 * n**3 / min(times) / 1e9
+        if gflops > best["gflops"]:
+            best = {"gflops": round(gflops, 3), "n": n}
+    return best
+
+
+# --------------------------------------------------------------------------------------------
+# Preparation (once, in the parent): the two models saved, the batches tokenized and saved
+# --------------------------------------------------------------------------------------------
+
+
+def prepare(settings: Settings) -> dict[str, Any]:
+    """Save our model, the LLaVA reference built from it, and every batch into the work folder."""
+    from benchmarks.llava_reference import build_llava_reference
+    from vlm import build_vlm
+
+    work = Path(settings.workdir)
+    torch.manual_seed(0)
+    if settings.quick:
+        llm = str(_quick_llm_folder(work / "quick-llm"))
+        model, processor = build_vlm(llm, vision_model=None, vision_model_config=QUICK_CLIP_CONFIG, projector_type="mlp2x_gelu")
+    else:
+        model, processor = build_vlm("smollm2-135m-instruct", vision_model="ViT-B-16", projector_type="mlp2x_gelu")
+    model.save_pretrained(work / "ours")
+    processor.save_pretrained(work / "ours")
+    reference = build_llava_reference(model)
+    reference.save_pretrained(work / "reference")
+    shapes = {
+        "vision": model.config.vision_config["model_name"],
+        "vision_width": model.vision_tower.hidden_size,
+        "vision_layers": model.vision_tower.num_layers,
+        "image_tokens": model.config.image_seq_length,
+        "projector": model.config.projector_type,
+        "llm": model.config.text_config.model_type,
+        "llm_hidden": model.config.text_config.hidden_size,
+        "llm_layers": model.config.text_config.num_hidden_layers,
+        "vocab": model.config.text_config.vocab_size,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+    }
+    del model, reference
+    batches, stats = make_batches(processor, work, settings.train_batch)
+    torch.save(batches, work / "batches.pt")
+    shapes["batches"] = stats
+    return shapes
+
+
+def _quick_llm_folder(folder: Path) -> Path:
+    """A 2-layer, 64-wide Llama with SmolLM2's config, tokenizer and chat template, random weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from vlm.llm_source import resolve_llm
+
+    source = resolve_llm("smollm2-135m-instruct")
+    config = AutoConfig.from_pretrained(source)
+    for key, value in QUICK_LLM_OVERRIDES.items():
+        setattr(config, key, value)
+    config.head_dim = config.hidden_size // config.num_attention_heads
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return folder
+
+
+def make_batches(processor, work: Path, train_batch: int) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Training batches as the training code makes them, and left-padded generation prompts."""
+    from eval.shapes import IMAGE_TOKEN, write_shapes_dataset
+    from train.dataset import VLMCollator, prepare_dataset
+
+    files = write_shapes_dataset(work / "data", n=64, seed=0, n_eval=8)
+    rng = random.Random(0)
+    collate = VLMCollator(processor.tokenizer.pad_token_id)
+    batches, stats = {}, {}
+    for name, part in (("stage1", "captions"), ("stage2", "instruct")):
+        dataset, _ = prepare_dataset([str(files[part])], None, processor, max_length=2048, skip_bad=False, progress=False)
+        batch = collate([dataset[i] for i in rng.sample(range(len(dataset)), train_batch)])
+        batches[name] = batch
+        lengths = batch["attention_mask"].sum(1)
+        stats[name] = {
+            "batch": train_batch,
+            "tokens_per_sample": lengths.tolist(),
+            "padded_length": batch["input_ids"].shape[1],
+            "labeled_positions": int((batch["labels"][:, 1:] != -100).sum()),
+        }
+    records = json.loads(Path(files["eval"]).read_text())[:8]
+    prompts = [processor.apply_chat_template([{"role": "user", "content": f"{IMAGE_TOKEN}\n{r['question']}"}]) for r in records]
+    from PIL import Image
+
+    images = [[Image.open(Path(files["eval"]).parent / r["image"]).convert("RGB")] for r in records]
+    for batch_size in (1, 8):
+        batch = dict(processor(text=prompts[:batch_size], images=images[:batch_size], padding_side="left"))
+        batches[f"infer_b{batch_size}"] = batch
+        stats[f"infer_b{batch_size}"] = {"batch": batch_size, "prompt_tokens": batch["attention_mask"].sum(1).tolist()}
+    return batches, stats
+
+
+# --------------------------------------------------------------------------------------------
+# One worker: load one implementation, set it up for the row, time it
+# --------------------------------------------------------------------------------------------
+
+
+def run_worker(settings: Settings, row: str, impl: str, dtype: str) -> list[dict[str, Any]]:
+    torch.manual_seed(0)
+    work = Path(settings.workdir)
+    batches = torch.load(work / "batches.pt", weights_only=True)
+    model = load_impl(work, impl)
+    load = [round(x, 2) for x in os.getloadavg()]
+    if row in TRAIN_ROWS:
+        records = time_training(settings, model, row, impl, dtype, batches["stage1" if row == "stage1" else "stage2"])
+    else:
+        records = time_inference(settings, model, row, impl, dtype, batches[row])
+    for record in records:
+        record["load_1m"] = [load[0], round(os.getloadavg()[0], 2)]
+    return records
+
+
+def load_impl(work: Path, impl: str):
+    if impl == "reference":
+        from transformers import LlavaForConditionalGeneration
+
+        return LlavaForConditionalGeneration.from_pretrained(work / "reference", dtype=torch.float32).eval()
+    from vlm import VLMForCausalLM
+
+    return VLMForCausalLM.from_pretrained(work / "ours", dtype=torch.float32).eval()
+
+
+def setup_training(model, row: str, impl: str):
+    """Freeze and wrap exactly as the stage does: our training code for ours, its LLaVA mirror for the reference."""
+    from train.config import TrainConfig
+    from train.stages import apply_stage
+
+    stage_cfg = TrainConfig(stage="pretrain" if row == "stage1" else "sft", init_from=None if row == "stage1" else "(benchmark)",
+                            data=["(benchmark)"], lora=row == "lora")
+    if impl != "reference":
+        return apply_stage(model, stage_cfg)
+    model.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(True)
+    if row == "full":
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+    if row == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        head = model.get_output_embeddings()
+        targets = [f"model.language_model.{name}" for name, module in model.model.language_model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head]
+        lora = LoraConfig(r=stage_cfg.lora_r, lora_alpha=stage_cfg.lora_alpha, lora_dropout=stage_cfg.lora_dropout,
+                          target_modules=targets, modules_to_save=["multi_modal_projector"], task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def time_training(settings: Settings, model, row: str, impl: str, dtype: str, batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    model = setup_training(model, row, impl)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # The fused kernel, as our training gets it from transformers' Trainer (optim="adamw_torch_fused")
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5, weight_decay=0.0, fused=True)
+    inputs = dict(batch)
+    if impl == "reference":
+        inputs.pop("num_images")
+    elif impl == "ours-plain":
+        inputs["labeled_positions_only"] = False  # `ours` leaves it at its training default (on)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(dtype):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+
+    rss_loaded = reset_peak_rss()
+    times, flops = timed(step, settings.warmup, settings.steps)
+    record = {
+        "row": row, "impl": impl, "dtype": dtype, "batch": int(batch["input_ids"].shape[0]),
+        "median_s": statistics.median(times), "times_s": times, "executed_flops": flops,
+        "tokens": int(batch["attention_mask"].sum()), "labeled_positions": int((batch["labels"][:, 1:] != -100).sum()),
+        "trainable_params": sum(p.numel() for p in trainable),
+        "rss_loaded_mib": rss_loaded, "peak_rss_mib": peak_rss_mib(),
+    }
+    if settings.profile and impl == "ours":
+        record["profile"] = profile_one(step)
+    return [record]
+
+
+class StepClock:
+    """A logits processor that only notes the time (and FLOPs so far) of every generation step.
+
+    generate calls it once per new token, right after that token's forward pass: the first call
+    ends the prefill (time to first token), the gaps between later calls are decode steps.
+    """
+
+    def __init__(self):
+        self.counter: FlopCounterMode | None = None
+        self.stamps: list[float] = []
+        self.flops: list[int] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.stamps.append(time.perf_counter())
+        if self.counter is not None:
+            self.flops.append(self.counter.get_total_flops())
+        return scores
+
+
+def time_inference(settings: Settings, model, row: str, impl: str, dtype: str, batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    from transformers import LogitsProcessorList
+
+    inputs = {k: v for k, v in batch.items() if not (impl == "reference" and k == "num_images")}
+    config = copy.deepcopy(model.generation_config)
+    config.do_sample, config.num_beams = False, 1
+    n = settings.new_tokens
+    clock = StepClock()
+    runs: list[tuple[float, float]] = []  # (time to first token, mean decode step) per repetition
+
+    def generate() -> None:
+        clock.stamps.clear()
+        start = time.perf_counter()
+        with autocast(dtype):
+            model.generate(**inputs, generation_config=config, max_new_tokens=n, min_new_tokens=n,
+                           logits_processor=LogitsProcessorList([clock]))
+        assert len(clock.stamps) == n, f"generate made {len(clock.stamps)} steps, expected {n}"
+        runs.append((clock.stamps[0] - start, (clock.stamps[-1] - clock.stamps[0]) / (n - 1)))
+
+    rss_loaded = reset_peak_rss()
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        clock.counter = counter
+        generate()  # warm-up 1, counting FLOPs
+    clock.counter = None
+    prefill_flops, total_flops = clock.flops[0], counter.get_total_flops()
+    for _ in range(settings.warmup - 1):
+        generate()
+    del runs[:]
+    for _ in range(settings.steps):
+        generate()
+    size = int(batch["input_ids"].shape[0])
+    common = {"impl": impl, "dtype": dtype, "batch": size, "rss_loaded_mib": rss_loaded, "peak_rss_mib": peak_rss_mib(),
+              "new_tokens": n}
+    ttft = [first for first, _ in runs]
+    decode = [step for _, step in runs]
+    return [
+        {**common, "row": f"ttft_b{size}", "median_s": statistics.median(ttft), "times_s": ttft,
+         "executed_flops": prefill_flops, "tokens": int(batch["attention_mask"].sum())},
+        {**common, "row": f"decode_b{size}", "median_s": statistics.median(decode), "times_s": decode,
+         "executed_flops": (total_flops - prefill_flops) / (n - 1), "tokens": size},
+    ]
+
+
+def autocast(dtype: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+
+
+def timed(fn, warmup: int, steps: int) -> tuple[list[float], int]:
+    """Run ``fn`` ``warmup`` times (counting FLOPs on the first), then ``steps`` timed times."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        fn()
+    flops = counter.get_total_flops()
+    for _ in range(warmup - 1):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times, flops
+
+
+def profile_one(step) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
+
+
+# FlopCounterMode has formulas for the CUDA attention kernels only; these are the CPU ones.
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _native_mha_flops(query, key, value, embed_dim, num_heads, *args, out_shape=None, **kwargs) -> int:
+    """nn.MultiheadAttention's inference fast path (open_clip's tower): in/out projections + attention."""
+    batch, length, width = query
+    source = key[1]
+    return 2 * batch * width * width * (2 * length + 2 * source) + 4 * batch * length * source * width
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    torch.ops.aten._native_multi_head_attention: _native_mha_flops,
+}
+
+
+def reset_peak_rss() -> float:
+    """Return memory to the OS, reset the RSS high-water mark to the current RSS; return that RSS (MiB)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _proc_status_mib("VmRSS") or peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    hwm = _proc_status_mib("VmHWM")
+    if hwm is not None:
+        return hwm
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _proc_status_mib(field: str) -> float | None:
+    try:
+        found = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return round(int(found.group(1)) / 1024, 1) if found else None
+
+
+# --------------------------------------------------------------------------------------------
+# Summary and table
+# --------------------------------------------------------------------------------------------
+
+
+def summarize(results: list[dict[str, Any]], peaks: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per (row, ours variant, dtype): ours vs the reference, throughput, MFU, memory."""
+    by_key = {(r["row"], r["impl"], r["dtype"]): r for r in results}
+    lines = []
+    order = [row for row in TRAIN_ROWS] + ["ttft_b1", "ttft_b8", "decode_b1", "decode_b8"]
+    dtypes = list(dict.fromkeys(r["dtype"] for r in results))
+    for dtype in dtypes:
+        for row in order:
+            for impl in ("ours", "ours-plain"):
+                ours = by_key.get((row, impl, dtype))
+                if ours is None:
+                    continue
+                reference = by_key.get((row, "reference", dtype))
+                model_source = by_key.get((row, "ours-plain", dtype)) or by_key.get((row, "ours", dtype))
+                model_flops = model_source["executed_flops"]  # the plain computation's, when measured
+                seconds = ours["median_s"]
+                decode = row.startswith("decode")
+                lines.append({
+                    "row": row, "impl": impl, "dtype": dtype, "batch": ours["batch"],
+                    "ours_ms": 1e3 * seconds,
+                    "reference_ms": 1e3 * reference["median_s"] if reference else None,
+                    "ratio": seconds / reference["median_s"] if reference else None,
+                    "samples_per_s": None if decode else ours["batch"] / seconds,
+                    "tokens_per_s": ours["tokens"] / seconds,
+                    "model_gflop": model_flops / 1e9,
+                    "model_flops_from": model_source["impl"],
+                    "load_1m": ours["load_1m"],
+                    "reference_load_1m": reference["load_1m"] if reference else None,
+                    "mfu_fp32": model_flops / seconds / (peaks["fp32"]["gflops"] * 1e9),
+                    "mfu_bf16": model_flops / seconds / (peaks["bf16"]["gflops"] * 1e9),
+                    "peak_rss_mib": ours["peak_rss_mib"],
+                    "reference_peak_rss_mib": reference["peak_rss_mib"] if reference else None,
+                })
+    return lines
+
+
+def _title(line: dict[str, Any]) -> str:
+    row = line["row"]
+    if row in ROW_TITLES:
+        head = "labeled positions" if line["impl"] == "ours" else "all positions"
+        return f"{ROW_TITLES[row]}, LM head on {head}"
+    kind, batch = row.split("_b")
+    return f"{'time to first token' if kind == 'ttft' else 'decode, per token'}, batch {batch}"
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _load(load: list[float] | None) -> str:
+    return "-" if load is None else f"{load[0]:.1f}-{load[1]:.1f}"
+
+
+def render_report(report: dict[str, Any]) -> str:
+    machine, peaks, shapes, settings = report["machine"], report["matmul_peak"], report["shapes"], report["settings"]
+    v = machine["versions"]
+    lines = [
+        f"machine: {machine['cpu_model']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
+        f"CPU capability {machine['cpu_capability']}, AMX-BF16 {'yes' if machine['amx_bf16'] else 'no'}, "
+        f"AVX512-BF16 {'yes' if machine['avx512_bf16'] else 'no'}; load average (1/5/15 min) before "
+        f"{machine['load_before']}, after {machine['load_after']}",
+        f"versions: python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, open_clip {v['open_clip']}",
+        f"matmul peak measured in this run (fastest repetition, the better of start and end): fp32 "
+        f"{peaks['fp32']['gflops']:.1f} GFLOP/s (n={peaks['fp32']['n']}; start/end {peaks['fp32'].get('gflops_start_end')}), "
+        f"bf16 {peaks['bf16']['gflops']:.2f} GFLOP/s (n={peaks['bf16']['n']}; start/end {peaks['bf16'].get('gflops_start_end')}): "
+        f"bf16 is {peaks['fp32']['gflops'] / max(peaks['bf16']['gflops'], 1e-9):.0f}x slower here",
+        f"model: {shapes['vision']} ({shapes['vision_layers']} layers, width {shapes['vision_width']}, random weights), "
+        f"{shapes['image_tokens']} image tokens, {shapes['projector']} projector, {shapes['llm']} "
+        f"({shapes['llm_layers']} layers, hidden {shapes['llm_hidden']}, vocab {shapes['vocab']}); {shapes['params_m']}M parameters",
+    ]
+    b = shapes["batches"]
+    for name in ("stage1", "stage2"):
+        s = b[name]
+        lines.append(f"{name} batch: {s['batch']} samples of {s['tokens_per_sample']} tokens (padded to {s['padded_length']}), "
+                     f"{s['labeled_positions']} labeled positions")
+    lines.append(f"inference prompts (tokens): batch 1 {b['infer_b1']['prompt_tokens']}, batch 8 {b['infer_b8']['prompt_tokens']}; "
+                 f"decode over {settings['new_tokens']} new tokens")
+    lines.append(f"each figure: median of {settings['steps']} timed repetitions after {settings['warmup']} warm-up")
+    lines += [
+        "",
+        "| row | dtype | ours ms | reference ms | ours/ref | samples/s | tokens/s | model GFLOP | MFU vs fp32 peak | MFU vs bf16 peak | peak RSS ours MiB | peak RSS ref MiB | load ours / ref |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for line in report["summary"]:
+        lines.append(
+            f"| {_title(line)} | {line['dtype']} | {_fmt(line['ours_ms'], '.1f')} | {_fmt(line['reference_ms'], '.1f')} | "
+            f"{_fmt(line['ratio'], '.2f')} | {_fmt(line['samples_per_s'], '.2f')} | {_fmt(line['tokens_per_s'], '.1f')} | "
+            f"{line['model_gflop']:.1f} | {line['mfu_fp32']:.1%} | {line['mfu_bf16']:.0%} | "
+            f"{_fmt(line['peak_rss_mib'], '.0f')} | {_fmt(line['reference_peak_rss_mib'], '.0f')} | "
+            f"{_load(line['load_1m'])} / {_load(line['reference_load_1m'])} |"
+        )
+    lines.append("")
+    lines.append("tokens/s: non-padding tokens of the batch per second (training, TTFT); new tokens per second (decode). "
+                 "Decode ms is per step of the whole batch. ours/ref < 1: ours is faster. Model GFLOP: of the plain "
+                 "computation (LM head on all positions), per step / prefill / decode step. load: 1-min load average at "
+                 "the worker's start and end (2 cores; other work on the machine slows every figure, and an MFU above 100% "
+                 "means the peak was measured while other work ran).")
+    lines.append(f"wall time {report['wall_s']:.0f} s")
+    for record in report["results"]:
+        if record.get("profile"):
+            lines += ["", f"profile of one {record['row']} step (ours, {record['dtype']}):", record["profile"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

