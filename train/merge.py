@@ -12,7 +12,6 @@ without peft or DeepSpeed. Also runnable as ``python -m train.merge``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from vlm.atomic import atomic_directory
-from vlm.loading import resolve_model_dir
+from vlm.loading import adapter_base, resolve_model_dir
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
 
@@ -155,14 +154,10 @@ def merge(
 
 
 def _adapter_base(folder: Path) -> Path:
-    config = json.loads((folder / "adapter_config.json").read_text())
-    base = config.get("base_model_name_or_path")
-    if not base or not (Path(base) / "config.json").is_file():
-        raise MergeError(
-            f"{folder}/adapter_config.json names base {base!r}, which is not a saved VLM folder on this machine; "
-            "pass --base STAGE1_MODEL_DIR"
-        )
-    return Path(base)
+    try:
+        return adapter_base(folder)
+    except FileNotFoundError as err:
+        raise MergeError(str(err)) from err
 
 
 def _config(folder: Path):
