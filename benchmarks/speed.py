@@ -20,7 +20,9 @@ issue's one optimization); time to first token and decode speed at batch 1 and 8
 
 Implementations: ``ours`` (VLMForCausalLM as training runs it), ``ours-plain`` (the same with
 ``labeled_positions_only=False``: LM head on every position) and ``reference``
-(``LlavaForConditionalGeneration`` with the same weights, wrapped the same way by peft).
+(``LlavaForConditionalGeneration`` with the same weights, wrapped the same way by peft). The
+``ours-plain`` worker also alternates plain and labeled-positions steps in one process: a paired
+A/B of the optimization that load drift between workers cannot bias (column "on/off paired").
 
 How figures are made:
 - time: median of ``--steps`` timed repetitions after ``--warmup`` untimed ones. Inference
@@ -107,6 +109,7 @@ class Settings:
     warmup: int
     new_tokens: int
     profile: bool
+    threads: int | None = None
     workdir: str = ""
 
 
@@ -130,6 +133,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="timed repetitions per figure (default 3; --quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (>= 1; the first counts FLOPs)")
     parser.add_argument("--new-tokens", type=int, default=None, help="tokens generated for the decode figure (default 32; --quick 4)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads, peaks included (default: torch's, one per core). On a machine "
+                             "shared with other work, 1 avoids the stalls of threads waiting for a descheduled sibling")
     parser.add_argument("--profile", action="store_true", help="also profile one step of `ours` per training row and print its top ops")
     parser.add_argument("--out", default="runs/benchmarks/speed.json", help="JSON results file (default: %(default)s)")
     parser.add_argument("--in-process", action="store_true",
@@ -154,6 +160,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         warmup=args.warmup,
         new_tokens=args.new_tokens or (4 if quick else 32),
         profile=args.profile,
+        threads=args.threads,
     )
 
 
@@ -188,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def run_benchmark(settings: Settings, in_process: bool = False) -> dict[str, Any]:
     started = time.time()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     machine = machine_info()
     print(f"machine: {machine['cpu_model']}, {machine['cores']} cores, load {machine['load_before']}", file=sys.stderr)
     peaks = {name: measure_matmul_peak(DTYPES[name], settings.quick) for name in ("fp32", "bf16")}
@@ -393,6 +402,8 @@ def make_batches(processor, work: Path, train_batch: int) -> tuple[dict[str, dic
 
 
 def run_worker(settings: Settings, row: str, impl: str, dtype: str) -> list[dict[str, Any]]:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     torch.manual_seed(0)
     work = Path(settings.workdir)
     batches = torch.load(work / "batches.pt", weights_only=True)
@@ -452,18 +463,34 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
     inputs = dict(batch)
     if impl == "reference":
         inputs.pop("num_images")
-    elif impl == "ours-plain":
-        inputs["labeled_positions_only"] = False  # `ours` leaves it at its training default (on)
 
-    def step() -> None:
+    def step(labeled_positions_only: bool | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
+        flag = {} if labeled_positions_only is None else {"labeled_positions_only": labeled_positions_only}
         with autocast(dtype):
-            loss = model(**inputs).loss
+            loss = model(**inputs, **flag).loss
         loss.backward()
         optimizer.step()
 
     rss_loaded = reset_peak_rss()
-    times, flops = timed(step, settings.warmup, settings.steps)
+    paired = None
+    if impl == "ours-plain":
+        # The plain path's own figures, and a paired A/B of the optimization in this one process:
+        # steps with the LM head on labeled positions only and on all of them alternate (in
+        # alternating order), so both see the same machine load. `ours` (on) is the training default.
+        times, flops = timed(lambda: step(False), settings.warmup, 0)
+        step(True)  # warm the labeled path too
+        plain, labeled = [], []
+        for i in range(settings.steps):
+            for flag in ((False, True) if i % 2 == 0 else (True, False)):
+                start = time.perf_counter()
+                step(flag)
+                (labeled if flag else plain).append(time.perf_counter() - start)
+        times = plain
+        paired = {"plain_s": plain, "labeled_s": labeled,
+                  "speedup": statistics.median(p / q for p, q in zip(plain, labeled))}
+    else:
+        times, flops = timed(step, settings.warmup, settings.steps)
     record = {
         "row": row, "impl": impl, "dtype": dtype, "batch": int(batch["input_ids"].shape[0]),
         "median_s": statistics.median(times), "times_s": times, "executed_flops": flops,
@@ -471,6 +498,8 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
         "trainable_params": sum(p.numel() for p in trainable),
         "rss_loaded_mib": rss_loaded, "peak_rss_mib": peak_rss_mib(),
     }
+    if paired:
+        record["paired_ab"] = paired
     if settings.profile and impl == "ours":
         record["profile"] = profile_one(step)
     return [record]
@@ -650,6 +679,8 @@ def summarize(results: list[dict[str, Any]], peaks: dict[str, Any]) -> list[dict
                     "model_flops_from": model_source["impl"],
                     "load_1m": ours["load_1m"],
                     "reference_load_1m": reference["load_1m"] if reference else None,
+                    "paired_speedup": (by_key.get((row, "ours-plain", dtype)) or {}).get("paired_ab", {}).get("speedup")
+                    if impl == "ours" else None,
                     "mfu_fp32": model_flops / seconds / (peaks["fp32"]["gflops"] * 1e9),
                     "mfu_bf16": model_flops / seconds / (peaks["bf16"]["gflops"] * 1e9),
                     "peak_rss_mib": ours["peak_rss_mib"],
@@ -702,8 +733,8 @@ def render_report(report: dict[str, Any]) -> str:
     lines.append(f"each figure: median of {settings['steps']} timed repetitions after {settings['warmup']} warm-up")
     lines += [
         "",
-        "| row | dtype | ours ms | reference ms | ours/ref | samples/s | tokens/s | model GFLOP | MFU vs fp32 peak | MFU vs bf16 peak | peak RSS ours MiB | peak RSS ref MiB | load ours / ref |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| row | dtype | ours ms | reference ms | ours/ref | samples/s | tokens/s | model GFLOP | MFU vs fp32 peak | MFU vs bf16 peak | peak RSS ours MiB | peak RSS ref MiB | on/off paired | load ours / ref |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for line in report["summary"]:
         lines.append(
@@ -711,11 +742,14 @@ def render_report(report: dict[str, Any]) -> str:
             f"{_fmt(line['ratio'], '.2f')} | {_fmt(line['samples_per_s'], '.2f')} | {_fmt(line['tokens_per_s'], '.1f')} | "
             f"{line['model_gflop']:.1f} | {line['mfu_fp32']:.1%} | {line['mfu_bf16']:.0%} | "
             f"{_fmt(line['peak_rss_mib'], '.0f')} | {_fmt(line['reference_peak_rss_mib'], '.0f')} | "
+            f"{_fmt(line['paired_speedup'], '.2f')}{'x' if line['paired_speedup'] else ''} | "
             f"{_load(line['load_1m'])} / {_load(line['reference_load_1m'])} |"
         )
     lines.append("")
     lines.append("tokens/s: non-padding tokens of the batch per second (training, TTFT); new tokens per second (decode). "
-                 "Decode ms is per step of the whole batch. ours/ref < 1: ours is faster. Model GFLOP: of the plain "
+                 "Decode ms is per step of the whole batch. ours/ref < 1: ours is faster. on/off paired: plain step time / "
+                 "labeled-positions step time, median over pairs of alternating steps in one process (robust to load "
+                 "drift, unlike comparing two rows). Model GFLOP: of the plain "
                  "computation (LM head on all positions), per step / prefill / decode step. load: 1-min load average at "
                  "the worker's start and end (2 cores; other work on the machine slows every figure, and an MFU above 100% "
                  "means the peak was measured while other work ran).")
