@@ -41,8 +41,8 @@ How figures are made:
   inference) and serve as the numerator of every implementation's MFU, so MFU ratios are speed
   ratios. MFU is given against this machine's fp32 and bf16 matmul peaks, measured in the run.
 - bf16 means ``torch.autocast("cpu", dtype=torch.bfloat16)`` over fp32 weights, as training's
-  ``bf16=true`` does. Without AMX / AVX512-BF16 it is far slower than fp32; the measured peaks
-  say by how much.
+  ``bf16=true`` does. Without AMX / AVX512-BF16 it is slower than fp32; the measured peaks
+  (best over matmul sizes and operand layouts, which matter a lot for bf16 there) say by how much.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default: all)")
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations (default: all)")
     parser.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=None,
-                        help="compute dtypes (default: fp32; --quick: fp32 bf16). bf16 = CPU autocast, ~60-100x slower than fp32 without AMX")
+                        help="compute dtypes (default: fp32; --quick: fp32 bf16). bf16 = CPU autocast; without AMX several times slower than fp32")
     parser.add_argument("--train-batch", type=int, default=None, help="samples per training step (default 4; --quick 2)")
     parser.add_argument("--steps", type=int, default=None, help="timed repetitions per figure (default 3; --quick 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions first (>= 1; the first counts FLOPs)")
@@ -224,7 +224,9 @@ def run_benchmark(settings: Settings, in_process: bool = False) -> dict[str, Any
         again = measure_matmul_peak(DTYPES[name], settings.quick)
         peaks[name]["gflops_start_end"] = [peaks[name]["gflops"], again["gflops"]]
         if again["gflops"] > peaks[name]["gflops"]:
-            peaks[name].update(gflops=again["gflops"], n=again["n"])
+            peaks[name].update(gflops=again["gflops"], n=again["n"], layout=again["layout"])
+        for layout, gflops in again["by_layout"].items():
+            peaks[name]["by_layout"][layout] = max(gflops, peaks[name]["by_layout"].get(layout, 0.0))
     return {
         "settings": {k: v for k, v in asdict(settings).items() if k != "workdir"},
         "machine": machine,
@@ -282,29 +284,40 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def measure_matmul_peak(dtype: torch.dtype, quick: bool) -> dict[str, Any]:
-    """GFLOP/s of the fastest repetition of square matmuls: the peak that MFU is measured against.
+# Operand layouts of a matmul: which of A and B is read transposed. They matter: without AMX,
+# torch's CPU bf16 matmul is ~1 GFLOP/s for A @ B but ~20 for A.T @ B here; nn.Linear is A @ B.T.
+MATMUL_LAYOUTS = {
+    "nn": lambda a, b: a @ b,
+    "nt": lambda a, b: a @ b.t(),
+    "tn": lambda a, b: a.t() @ b,
+    "tt": lambda a, b: a.t() @ b.t(),
+}
 
-    The fastest, not the median: a peak is what the machine can do, and other work on a shared
-    machine only ever slows a repetition down.
+
+def measure_matmul_peak(dtype: torch.dtype, quick: bool) -> dict[str, Any]:
+    """GFLOP/s of the fastest square matmul over sizes and operand layouts: the peak for MFU.
+
+    The fastest repetition, not the median: a peak is what the machine can do, and other work on
+    a shared machine only ever slows a repetition down. Every layout's best is kept as well.
     """
     if dtype == torch.float32:
-        sizes = [256, 512] if quick else [1024, 2048, 3072]
-    else:  # without AMX, bf16 matmul is so slow that large sizes would take minutes
+        sizes = [256, 512] if quick else [1024, 2048]
+    else:  # the slow bf16 layouts would take minutes at large sizes
         sizes = [128, 256] if quick else [256, 512]
-    best = {"gflops": 0.0, "n": None}
+    best: dict[str, Any] = {"gflops": 0.0, "n": None, "layout": None, "by_layout": {}}
     for n in sizes:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b  # warm-up
-        reps = max(3, min(20, int(4e10 / n**3)))
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        gflops = 2 * n**3 / min(times) / 1e9
-        if gflops > best["gflops"]:
-            best = {"gflops": round(gflops, 3), "n": n}
+        for layout, matmul in MATMUL_LAYOUTS.items():
+            matmul(a, b)  # warm-up
+            times = []
+            for _ in range(3 if quick else 5):
+                start = time.perf_counter()
+                matmul(a, b)
+                times.append(time.perf_counter() - start)
+            gflops = round(2 * n**3 / min(times) / 1e9, 3)
+            best["by_layout"][layout] = max(gflops, best["by_layout"].get(layout, 0.0))
+            if gflops > best["gflops"]:
+                best.update(gflops=gflops, n=n, layout=layout)
     return best
 
 
@@ -716,9 +729,11 @@ def render_report(report: dict[str, Any]) -> str:
         f"{machine['load_before']}, after {machine['load_after']}",
         f"versions: python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, open_clip {v['open_clip']}",
         f"matmul peak measured in this run (fastest repetition, the better of start and end): fp32 "
-        f"{peaks['fp32']['gflops']:.1f} GFLOP/s (n={peaks['fp32']['n']}; start/end {peaks['fp32'].get('gflops_start_end')}), "
-        f"bf16 {peaks['bf16']['gflops']:.2f} GFLOP/s (n={peaks['bf16']['n']}; start/end {peaks['bf16'].get('gflops_start_end')}): "
-        f"bf16 is {peaks['fp32']['gflops'] / max(peaks['bf16']['gflops'], 1e-9):.0f}x slower here",
+        f"{peaks['fp32']['gflops']:.1f} GFLOP/s (n={peaks['fp32']['n']}, {peaks['fp32']['layout']}; start/end "
+        f"{peaks['fp32'].get('gflops_start_end')}), bf16 {peaks['bf16']['gflops']:.2f} GFLOP/s (n={peaks['bf16']['n']}, "
+        f"{peaks['bf16']['layout']}; start/end {peaks['bf16'].get('gflops_start_end')}): bf16 peak is "
+        f"{peaks['fp32']['gflops'] / max(peaks['bf16']['gflops'], 1e-9):.1f}x below fp32 here; best GFLOP/s by operand layout "
+        f"(nn = A @ B, nt = A @ B.T as in nn.Linear): fp32 {peaks['fp32']['by_layout']}, bf16 {peaks['bf16']['by_layout']}",
         f"model: {shapes['vision']} ({shapes['vision_layers']} layers, width {shapes['vision_width']}, random weights), "
         f"{shapes['image_tokens']} image tokens, {shapes['projector']} projector, {shapes['llm']} "
         f"({shapes['llm_layers']} layers, hidden {shapes['llm_hidden']}, vocab {shapes['vocab']}); {shapes['params_m']}M parameters",
