@@ -115,6 +115,21 @@ def test_training_changes_every_tower_weight_and_the_tower_loads_them(trained):
     torch.testing.assert_close(tower(pixels), expected)
 
 
+def test_local_dir_name_loads_the_folder_as_the_tower(trained, tmp_path):
+    by_name = load_vision_tower(f"local-dir:{trained['out']}", pretrained=None)
+    by_file = load_vision_tower(None, pretrained=str(trained["weights"]), model_config=MICRO_CLIP_CONFIG)
+    pixels = torch.randn(1, 3, 224, 224)
+    torch.testing.assert_close(by_name(pixels), by_file(pixels), rtol=0, atol=0)
+    config = by_name.vision_config
+    assert config["model_name"] == f"local-dir:{trained['out']}" and config["pretrained"] == str(trained["weights"].resolve())
+    assert config["open_clip_config"]["vision_cfg"] == MICRO_CLIP_CONFIG["vision_cfg"]
+    assert config["image_mean"] == list(open_clip.OPENAI_DATASET_MEAN)  # the folder's preprocess_cfg
+    with pytest.raises(ValueError, match="brings its own weights"):
+        load_vision_tower(f"local-dir:{trained['out']}", pretrained="openai")
+    with pytest.raises(FileNotFoundError, match="open_clip_config.json not found"):
+        load_vision_tower(f"local-dir:{tmp_path}", pretrained=None)
+
+
 def test_run_record(trained):
     record = json.loads((trained["out"] / RECORD_NAME).read_text())
     args = record["open_clip_train_args"]

@@ -13,7 +13,9 @@ config stores, so a saved model needs neither the network nor open_clip's regist
 from __future__ import annotations
 
 import copy
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import open_clip
@@ -29,6 +31,10 @@ DEFAULT_PREPROCESS = {
     "interpolation": "bicubic",
     "resize_mode": "shortest",
 }
+# open_clip's "local-dir:FOLDER" models (open_clip.factory): a config file and a weights file in a folder.
+LOCAL_DIR_SCHEMA = "local-dir:"
+LOCAL_DIR_CONFIG = "open_clip_config.json"
+LOCAL_DIR_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # open_clip's pretrained-tag keys -> our preprocessing keys.
 _TAG_PREPROCESS_KEYS = {"mean": "image_mean", "std": "image_std", "interpolation": "interpolation", "resize_mode": "resize_mode"}
 
@@ -112,6 +118,41 @@ def resolve_open_clip_config(model_name: str | None, model_config: dict[str, Any
     return cfg
 
 
+def read_local_dir(model_name: str, pretrained: str | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Model config, preprocessing and weights file of an open_clip ``local-dir:FOLDER`` model.
+
+    The folder is what open_clip's ``create_model("local-dir:FOLDER")`` reads (and what
+    ``train.clip`` writes): ``open_clip_config.json`` (``{"model_cfg": ..., "preprocess_cfg": ...}``)
+    beside ``open_clip_model.safetensors`` (or ``open_clip_pytorch_model.bin``).
+    """
+    folder = Path(model_name[len(LOCAL_DIR_SCHEMA) :]).expanduser()
+    if pretrained is not None:
+        raise ValueError(
+            f"vision model {model_name} brings its own weights ({folder}/{LOCAL_DIR_WEIGHTS[0]}); "
+            f"drop vision pretrained={pretrained!r} (set it to null / none)"
+        )
+    config_path = folder / LOCAL_DIR_CONFIG
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"vision model {model_name}: {config_path} not found; a local-dir model is a folder with "
+            f"{LOCAL_DIR_CONFIG} and {LOCAL_DIR_WEIGHTS[0]} (python -m train.clip train writes one)"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        model_cfg = config["model_cfg"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{config_path}: not an open_clip config with a 'model_cfg' entry ({err})") from err
+    weights = next((folder / name for name in LOCAL_DIR_WEIGHTS if (folder / name).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"vision model {model_name}: no weights in {folder} (looked for {', '.join(LOCAL_DIR_WEIGHTS)})")
+    preprocess = {
+        _TAG_PREPROCESS_KEYS[key]: list(value) if isinstance(value, (list, tuple)) else value
+        for key, value in (config.get("preprocess_cfg") or {}).items()
+        if key in _TAG_PREPROCESS_KEYS
+    }
+    return model_cfg, preprocess, str(weights.resolve())
+
+
 def load_vision_tower(
     model_name: str | None = "ViT-B-16",
     pretrained: str | None = None,
@@ -122,7 +163,9 @@ def load_vision_tower(
     """Build a frozen vision tower with its weights.
 
     Args:
-        model_name: open_clip architecture name (``ViT-B-16``, ``ViT-L-14``, ...).
+        model_name: open_clip architecture name (``ViT-B-16``, ``ViT-L-14``, ...), or
+            ``local-dir:FOLDER`` for an open_clip model folder with its own config and weights
+            (what ``train.clip`` writes; ``pretrained`` must then be None).
         pretrained: an open_clip pretrained tag such as ``"openai"`` (downloads, needs the
             network), a local weights file (an open_clip/CLIP checkpoint with ``visual.*``
             keys, or a tower-only state dict; ``.safetensors`` or a torch file), or ``None``
@@ -133,8 +176,13 @@ def load_vision_tower(
         preprocess: overrides of the image preprocessing (``image_mean``, ``image_std``,
             ``interpolation``, ``resize_mode``); a pretrained tag brings its own.
     """
+    local_preprocess: dict[str, Any] = {}
+    if model_name is not None and model_name.startswith(LOCAL_DIR_SCHEMA):
+        model_config, local_preprocess, weights = read_local_dir(model_name, pretrained)
+        pretrained = str(weights)
     open_clip_config = resolve_open_clip_config(model_name, model_config)
     preprocess_cfg = dict(DEFAULT_PREPROCESS)
+    preprocess_cfg.update(local_preprocess)
     preprocess_cfg.update(open_clip_config.pop("preprocess_cfg", {}) or {})
     state_dict = None
     if pretrained is not None and not os.path.isfile(pretrained):
