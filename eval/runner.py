@@ -37,6 +37,8 @@ PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
 DEFAULT_BATCH_SIZE = 8
+IMAGE_MODES = ("given", "blank", "none")
+"""``run_eval(images=...)``: the benchmark's images, black images of the same sizes, or none."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,7 @@ def run_eval(
     max_new_tokens: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    images: str = "given",
     progress: bool = True,
 ) -> EvalResult:
     """Answer a benchmark's questions with a model (greedy, batched), resumably, and score them.
@@ -264,13 +267,17 @@ def run_eval(
             (see :func:`vlm.loading.load_model`), or an already loaded ``(model, processor)``.
         benchmark: a name in :data:`eval.benchmarks.BENCHMARKS`.
         data: the benchmark's released file or folder (see its loader in :mod:`eval.loaders`).
-        output: the output folder; default ``MODEL/eval/{benchmark}-{data name}``. Answers
+        output: the output folder; default ``MODEL/eval/{benchmark}-{data name}`` (plus
+            ``-{images}-images`` for an ablation). Answers
             already in its predictions.jsonl are not asked again.
         image_root: the folder holding the images, where the benchmark's default does not fit.
         limit: evaluate only the first ``limit`` items (deterministic: file order).
         batch_size: prompts per ``generate`` call.
         max_new_tokens: reply length limit; default the benchmark's.
         device, dtype: as ``vlm chat`` (default cuda + bfloat16 if available, else cpu + float32).
+        images: ``"given"`` (the benchmark's images), or an ablation that shows how much the
+            answers depend on them: ``"blank"`` (each image replaced by a black one of the same
+            size) or ``"none"`` (no image at all: the image marks are removed from the prompts).
         progress: show a tqdm bar on stderr.
 
     Raises:
@@ -280,24 +287,33 @@ def run_eval(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if images not in IMAGE_MODES:
+        raise ValueError(f"images must be one of {', '.join(IMAGE_MODES)}, got {images!r}")
     bench = get_benchmark(benchmark)
     in_memory = isinstance(model, tuple)
     if output is None:
         if in_memory:
             raise ValueError("give an output folder when evaluating an in-memory model")
-        output = Path(model) / "eval" / f"{bench.name}-{Path(data).stem}"
+        suffix = "" if images == "given" else f"-{images}-images"
+        output = Path(model) / "eval" / f"{bench.name}-{Path(data).stem}{suffix}"
     output_dir = Path(output)
     max_new_tokens = max_new_tokens or bench.max_new_tokens
 
     all_questions = bench.load_questions(data, image_root)
     questions = select_questions(all_questions, limit)
     check_images(bench, questions)
-    prompts = {question.id: bench.prompt(question) for question in questions}
+    prompts = {question.id: _ablate_prompt(bench.prompt(question), images) for question in questions}
 
     output_dir.mkdir(parents=True, exist_ok=True)
     predictions_path = output_dir / PREDICTIONS_FILE
     done = read_predictions(predictions_path, repair=True)
     _check_belongs(done, all_questions, predictions_path, f"{bench.name} {data}")
+    for question_id, record in done.items():
+        if record.get("images", "given") != images:
+            raise ValueError(
+                f"{predictions_path}: question {question_id} was answered with images={record.get('images', 'given')}, "
+                f"this run has images={images}; use a new output folder for this evaluation"
+            )
     for question in questions:
         earlier = done.get(question.id, {}).get("prompt")
         if earlier is not None and earlier != prompts[question.id]:
@@ -317,9 +333,10 @@ def run_eval(
         with bar, open(predictions_path, "a", encoding="utf-8") as handle:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                replies = _answer_batch(batch, prompts, vlm_model, processor, max_new_tokens)
+                replies = _answer_batch(batch, prompts, vlm_model, processor, max_new_tokens, images)
                 records = [
                     {"id": question.id, "prompt": prompts[question.id], "answer": reply, "reference": question.reference}
+                    | ({} if images == "given" else {"images": images})
                     for question, reply in zip(batch, replies, strict=True)
                 ]
                 _append_predictions(handle, records)
@@ -334,6 +351,7 @@ def run_eval(
         "image_root": None if image_root is None else str(Path(image_root).resolve()),
         "limit": limit,
         "max_new_tokens": max_new_tokens,
+        "images": images,
         "num_questions": len(questions),
         "num_answered": len(answered),
         "num_total": len(all_questions),
@@ -343,13 +361,26 @@ def run_eval(
     return EvalResult(output_dir, summary, num_generated=len(todo))
 
 
+def _ablate_prompt(prompt: str, images: str) -> str:
+    """The prompt without its image marks (and the line breaks after them) when images="none"."""
+    if images != "none":
+        return prompt
+    return prompt.replace(IMAGE_TOKEN + "\n", "").replace(IMAGE_TOKEN, "").strip()
+
+
 def _answer_batch(
-    batch: Sequence[Question], prompts: dict[str, str], model: Any, processor: Any, max_new_tokens: int
+    batch: Sequence[Question], prompts: dict[str, str], model: Any, processor: Any, max_new_tokens: int,
+    images: str = "given",
 ) -> list[str]:
     # Benchmarks write "<image>"; a processor may use another mark.
     texts = [prompts[question.id].replace(IMAGE_TOKEN, processor.image_token) for question in batch]
-    images = [[open_image(source, question.id) for source in question.images] for question in batch]
-    return generate_answers(model, processor, texts, images, max_new_tokens)
+    if images == "none":
+        pictures: list[list[Image.Image]] = [[] for _ in batch]
+    else:
+        pictures = [[open_image(source, question.id) for source in question.images] for question in batch]
+    if images == "blank":
+        pictures = [[Image.new("RGB", picture.size) for picture in row] for row in pictures]
+    return generate_answers(model, processor, texts, pictures, max_new_tokens)
 
 
 def score_predictions(

@@ -31,7 +31,7 @@ Text
 
 Files
     write_shapes_dataset(out_dir, n, seed=0, *, n_eval=None, parts=("captions", "instruct", "eval"),
-                         config=None, multi_turn_fraction=0.5, progress=False) -> dict[str, Path]
+                         config=None, multi_turn_fraction=0.5, max_turns=3, progress=False) -> dict[str, Path]
 
 Scoring
     normalize_answer(text: str) -> str
@@ -634,10 +634,11 @@ def _caption_record(scene: Scene, stem: str) -> dict[str, Any]:
     }
 
 
-def _instruct_record(scene: Scene, stem: str, multi_turn_fraction: float) -> dict[str, Any]:
+def _instruct_record(scene: Scene, stem: str, multi_turn_fraction: float, max_turns: int = 3) -> dict[str, Any]:
     rng = _text_rng(scene, "instruct")
     tasks = feasible_tasks(scene)  # count, existence and comparison are always there: >= 3
-    n_turns = rng.choice((2, 3)) if rng.random() < multi_turn_fraction else 1
+    n_turns = rng.choice(tuple(range(2, max_turns + 1))) if rng.random() < multi_turn_fraction else 1
+    n_turns = min(n_turns, len(tasks))  # each turn asks a different task
     conversations = []
     for turn, task in enumerate(rng.sample(tasks, n_turns)):
         qa = make_qa(scene, task, rng)
@@ -673,6 +674,7 @@ def write_shapes_dataset(
     parts: Sequence[str] = _PARTS,
     config: SceneConfig | None = None,
     multi_turn_fraction: float = 0.5,
+    max_turns: int = 3,
     progress: bool = False,
 ) -> dict[str, Path]:
     """Write the shapes dataset: `out_dir/images/*.png` and one JSON file per part.
@@ -688,7 +690,10 @@ def write_shapes_dataset(
             (seed, i), so a smaller n_eval gives a prefix of a larger one's images.
         parts: which of "captions", "instruct", "eval" to write.
         config: how scenes are sampled; the default is the published dataset.
-        multi_turn_fraction: share of instruct conversations with 2-3 QA turns instead of one.
+        multi_turn_fraction: share of instruct conversations with 2 to `max_turns` QA turns instead of one.
+        max_turns: most QA turns of a multi-turn conversation (2-6; each turn asks another task, so a
+            scene supports at most its number of feasible tasks). More turns give more supervised
+            answers per image for the same image-token cost.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -710,6 +715,9 @@ def write_shapes_dataset(
             raise ValueError(f"n_eval must be < 2**32, got {n_eval}")
     if not 0.0 <= multi_turn_fraction <= 1.0:
         raise ValueError(f"multi_turn_fraction must be in [0, 1], got {multi_turn_fraction}")
+    _check_int("max_turns", max_turns, minimum=2)
+    if max_turns > len(TASKS):
+        raise ValueError(f"max_turns must be <= {len(TASKS)} (one turn per task), got {max_turns}")
 
     out = Path(out_dir)
     images_dir = out / "images"
@@ -739,7 +747,7 @@ def write_shapes_dataset(
         if "captions" in records:
             records["captions"].append(_caption_record(scene, stem))
         if "instruct" in records:
-            records["instruct"].append(_instruct_record(scene, stem, multi_turn_fraction))
+            records["instruct"].append(_instruct_record(scene, stem, multi_turn_fraction, max_turns))
 
     written = {}
     for part, part_records in records.items():

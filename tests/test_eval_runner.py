@@ -367,6 +367,46 @@ def test_an_output_folder_of_another_evaluation_is_refused(model_dir, tmp_path):
         run_eval(model_dir, "gqa", data, out, max_new_tokens=TOKENS, progress=False)
 
 
+@pytest.fixture
+def record_generate(monkeypatch):
+    """Record the prompts and images of every generate call the runner makes."""
+    calls: list[tuple[list[str], list[list]]] = []
+    real = runner.generate_answers
+
+    def recording(model, processor, prompts, images, max_new_tokens):
+        calls.append((list(prompts), [list(row) for row in images]))
+        return real(model, processor, prompts, images, max_new_tokens)
+
+    monkeypatch.setattr(runner, "generate_answers", recording)
+    return calls
+
+
+def test_image_ablations_blank_and_none(model_dir, tmp_path, record_generate):
+    write_shapes_dataset(tmp_path / "shapes", 1, n_eval=2)
+    data = tmp_path / "shapes"
+    given = run_eval(model_dir, "shapes", data, tmp_path / "given", max_new_tokens=TOKENS, progress=False)
+    blank = run_eval(model_dir, "shapes", data, tmp_path / "blank", max_new_tokens=TOKENS, progress=False, images="blank")
+    none = run_eval(model_dir, "shapes", data, tmp_path / "none", max_new_tokens=TOKENS, progress=False, images="none")
+    assert [r.summary["images"] for r in (given, blank, none)] == ["given", "blank", "none"]
+    (given_prompts, given_images), (blank_prompts, blank_images), (none_prompts, none_images) = record_generate
+    assert blank_prompts == given_prompts and all(p.startswith("<image>\n") for p in given_prompts)
+    assert none_prompts == [p.removeprefix("<image>\n") for p in given_prompts]
+    assert all(len(row) == 1 for row in given_images) and none_images == [[] for _ in given_images]
+    for real_row, blank_row in zip(given_images, blank_images, strict=True):
+        assert blank_row[0].size == real_row[0].size and blank_row[0].getextrema() == ((0, 0),) * 3
+        assert real_row[0].getextrema() != ((0, 0),) * 3  # the real scenes have coloured shapes
+    none_records = read_predictions(tmp_path / "none" / "predictions.jsonl")
+    assert all(r["images"] == "none" and "<image>" not in r["prompt"] for r in none_records.values())
+    # A folder of one mode is not resumed in another: the answers would mix two experiments.
+    with pytest.raises(ValueError, match="images=blank, this run has images=given"):
+        run_eval(model_dir, "shapes", data, tmp_path / "blank", max_new_tokens=TOKENS, progress=False)
+    with pytest.raises(ValueError, match="images must be one of"):
+        run_eval(model_dir, "shapes", data, tmp_path / "x", images="grey", progress=False)
+    default = run_eval(model_dir, "shapes", data, images="none", max_new_tokens=TOKENS, progress=False)
+    assert default.output_dir == model_dir / "eval" / "shapes-shapes-none-images"
+    shutil.rmtree(default.output_dir)
+
+
 def test_batching_does_not_change_the_answers(model_dir, tmp_path):
     data = write_mmbench(tmp_path / "mmb")  # prompts of different lengths: left padding matters
     one = run_eval(model_dir, "mmbench", data, tmp_path / "b1", batch_size=1, max_new_tokens=6, progress=False)

@@ -27,6 +27,7 @@ from eval.shapes import (
     Scene,
     SceneConfig,
     Shape,
+    feasible_tasks,
     make_caption,
     make_qa,
     normalize_answer,
@@ -412,6 +413,8 @@ def test_eval_images_do_not_depend_on_n(tmp_path: Path) -> None:
         ({"n": 2, "parts": "eval"}, ValueError, "sequence"),
         ({"n": 2, "parts": ()}, ValueError, "non-empty"),
         ({"n": 2, "multi_turn_fraction": 1.5}, ValueError, "multi_turn_fraction"),
+        ({"n": 2, "max_turns": 1}, ValueError, "max_turns must be >= 2"),
+        ({"n": 2, "max_turns": 7}, ValueError, "max_turns must be <= 6"),
     ],
 )
 def test_bad_writer_arguments_fail_before_writing(
@@ -478,3 +481,18 @@ def test_reference_answers_score_100(dataset: Path) -> None:
     result = score_shapes([{**r, "prediction": r["answer"].upper() + "."} for r in records])
     assert result["accuracy"] == 100.0
     assert set(result["per_task"]) == set(TASKS)
+
+
+def test_max_turns_asks_more_distinct_tasks_per_image(tmp_path: Path) -> None:
+    default = json.loads(write_shapes_dataset(tmp_path / "a", 40, parts=("instruct",))["instruct"].read_text())
+    long = json.loads(
+        write_shapes_dataset(tmp_path / "b", 40, parts=("instruct",), multi_turn_fraction=1.0, max_turns=6)["instruct"].read_text()
+    )
+    assert max(len(r["conversations"]) // 2 for r in default) == 3
+    turns = [len(r["conversations"]) // 2 for r in long]
+    assert min(turns) >= 2 and max(turns) >= 5
+    for record in long:
+        scene = sample_scene(scene_seed(0, "train", int(record["id"].rsplit("_", 1)[1])))
+        questions = [turn["value"] for turn in record["conversations"][0::2]]
+        assert len(set(questions)) == len(questions) <= len(feasible_tasks(scene))
+        assert questions[0].startswith("<image>\n") and not any("<image>" in q for q in questions[1:])
