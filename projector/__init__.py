@@ -1,5 +1,5 @@
 """Projectors: map vision patch tokens into the LLM's embedding space."""
 
-from projector.projectors import PROJECTOR_TYPES, build_projector
+from projector.projectors import PROJECTOR_TYPES, build_projector, calibrate_projector
 
-__all__ = ["PROJECTOR_TYPES", "build_projector"]
+__all__ = ["PROJECTOR_TYPES", "build_projector", "calibrate_projector"]

@@ -168,3 +168,31 @@ def test_bad_records_stop_the_run_or_are_skipped_and_counted(tmp_path, shapes, s
     err = capsys.readouterr().err
     assert "skipped 2 of 6 samples" in err
     assert "missing.png" in err and "max_length=300" in err
+
+
+def test_calibrated_projector_starts_at_the_embedding_norm(tmp_path, shapes, llama_dir, vision_json):
+    from train.dataset import prepare_dataset
+    from train.run import calibrate_on_dataset, load_or_build
+
+    cfg = config(tmp_path, shapes, llm=str(llama_dir), vision_config=vision_json, vision_pretrained=None,
+                 projector_init="calibrate", calibration_images=8)
+    torch.manual_seed(0)
+    model, processor = load_or_build(cfg)
+    dataset, _ = prepare_dataset(cfg.data, cfg.image_root, processor, cfg.max_length, False, progress=False)
+    pixels = torch.cat([dataset[i]["pixel_values"] for i in range(8)])
+    with torch.no_grad():
+        features = model.vision_tower(pixels)
+        before = model.projector(features)
+    stats = calibrate_on_dataset(model, dataset, 8)
+    target = model.get_input_embeddings().weight.norm(dim=-1).mean().item()
+    with torch.no_grad():
+        after = model.projector(features)
+    assert stats["target_norm"] == pytest.approx(target) and stats["norm_before"] == pytest.approx(before.norm(dim=-1).mean().item(), rel=1e-4)
+    assert after.norm(dim=-1).mean().item() == pytest.approx(target, rel=1e-3)
+    assert after.reshape(-1, after.shape[-1]).mean(dim=0).abs().max().item() < 1e-4  # the shared component is gone
+    with pytest.raises(ValueError, match="init_from brings a trained one"):
+        config(tmp_path, shapes, stage="sft", init_from="x", projector_init="calibrate")
+    # Wired into a run: the log says it happened, and the run trains as usual.
+    final = run_training(config(tmp_path / "run2", shapes, llm=str(llama_dir), vision_config=vision_json,
+                                vision_pretrained=None, projector_init="calibrate", calibration_images=8, max_steps=2))
+    assert (final / "config.json").is_file()

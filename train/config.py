@@ -41,6 +41,16 @@ class TrainConfig:
     """``linear`` or ``mlp2x_gelu`` (new models only)."""
     vision_feature_layer: int = -2
     """ViT block feeding the projector (new models only): -2 LLaVA-1.5, -1 MiniMind-V."""
+    pad_to_square: bool | None = None
+    """Pad images to a square (with the mean colour) before the tower's resize and centre crop,
+    as LLaVA's ``image_aspect_ratio=pad``: needed for wide images such as NLVR's 400x100, whose
+    centre crop would keep only the middle. None keeps the model's setting (a new model: off)."""
+    projector_init: str = "random"
+    """New models only: ``random`` (PyTorch's default init) or ``calibrate`` (standardise the
+    vision features of the first ``calibration_images`` training images inside the first Linear
+    and scale the output to the LLM's embedding norm; see projector.calibrate_projector)."""
+    calibration_images: int = 64
+    """How many training images ``projector_init=calibrate`` measures."""
 
     # --- data ----------------------------------------------------------------------------
     data: list[str] = field(default_factory=list)
@@ -122,6 +132,12 @@ class TrainConfig:
             problems.append("stage=sft needs init_from: the folder stage 1 (pretrain) wrote")
         if self.lora and self.stage != "sft":
             problems.append("lora=true needs stage=sft (stage 1 trains only the projector)")
+        if self.projector_init not in ("random", "calibrate"):
+            problems.append(f"projector_init={self.projector_init!r} is not one of random, calibrate")
+        if self.projector_init == "calibrate" and self.init_from:
+            problems.append("projector_init=calibrate initialises a new projector; init_from brings a trained one")
+        if self.calibration_images < 1:
+            problems.append("calibration_images must be >= 1")
         if self.train_last_n_llm_layers and self.stage != "pretrain":
             problems.append("train_last_n_llm_layers applies to stage=pretrain only (sft trains the whole LLM or LoRA)")
         if not self.data:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch import nn
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from projector import calibrate_projector
 from train.config import TrainConfig
 from train.dataset import VLMCollator, prepare_dataset
 from train.plots import plot_metrics
@@ -56,7 +58,10 @@ def load_or_build(cfg: TrainConfig) -> tuple[VLMForCausalLM, VLMProcessor]:
         if not (folder / "config.json").is_file():
             hint = f" (a training run keeps its final model in {folder / FINAL_DIR})" if (folder / FINAL_DIR).is_dir() else ""
             raise FileNotFoundError(f"init_from={cfg.init_from} is not a saved VLM folder (no config.json){hint}")
-        return VLMForCausalLM.from_pretrained(folder, dtype=torch.float32), VLMProcessor.from_pretrained(folder)
+        processor = VLMProcessor.from_pretrained(folder)
+        if cfg.pad_to_square is not None:  # this run's image preprocessing, saved with its outputs
+            processor.image_processor.pad_to_square = cfg.pad_to_square
+        return VLMForCausalLM.from_pretrained(folder, dtype=torch.float32), processor
     vision_config = json.loads(Path(cfg.vision_config).read_text()) if cfg.vision_config else None
     return build_vlm(
         cfg.llm,
@@ -65,6 +70,7 @@ def load_or_build(cfg: TrainConfig) -> tuple[VLMForCausalLM, VLMProcessor]:
         vision_model_config=vision_config,
         projector_type=cfg.projector_type,
         vision_feature_layer=cfg.vision_feature_layer,
+        pad_to_square=bool(cfg.pad_to_square),
     )
 
 
@@ -151,6 +157,8 @@ def run_training(cfg: TrainConfig) -> Path:
         cfg.data, cfg.image_root, processor, cfg.max_length, cfg.skip_bad_samples, progress=is_main_process()
     )
     log(report.summary())
+    if cfg.projector_init == "calibrate" and not resume_from:
+        log(f"projector_init=calibrate: {calibrate_on_dataset(model, dataset, cfg.calibration_images)}")
     args = training_arguments(cfg)
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +193,28 @@ def run_training(cfg: TrainConfig) -> Path:
     log(report.summary())
     log(f"final model: {final}")
     return final
+
+
+def calibrate_on_dataset(model: nn.Module, dataset, num_images: int) -> dict[str, float]:
+    """``projector.calibrate_projector`` on the vision features of the dataset's first images.
+
+    Deterministic (file order), so every DeepSpeed rank computes the same projector.
+    """
+    vlm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    pixels, seen = [], 0
+    for index in range(len(dataset)):
+        example = dataset[index]
+        if example.get("num_images"):
+            pixels.append(example["pixel_values"])
+            seen += example["pixel_values"].shape[0]
+            if seen >= num_images:
+                break
+    if not pixels:
+        raise ValueError("projector_init=calibrate needs training samples with images; the data has none")
+    with torch.no_grad():
+        features = torch.cat([vlm.vision_tower(batch) for batch in torch.cat(pixels)[:num_images].split(16)])
+    target = vlm.get_input_embeddings().weight.detach().float().norm(dim=-1).mean().item()
+    return calibrate_projector(vlm.projector, features, target)
 
 
 def _tensorboard_installed() -> bool:
