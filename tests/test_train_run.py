@@ -196,3 +196,33 @@ def test_calibrated_projector_starts_at_the_embedding_norm(tmp_path, shapes, lla
     final = run_training(config(tmp_path / "run2", shapes, llm=str(llama_dir), vision_config=vision_json,
                                 vision_pretrained=None, projector_init="calibrate", calibration_images=8, max_steps=2))
     assert (final / "config.json").is_file()
+
+
+def test_group_by_length_uses_the_measured_lengths(tmp_path, shapes, llama_dir, vision_json):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from train.dataset import VLMCollator, prepare_dataset
+    from train.run import load_or_build, training_arguments
+    from train.trainer import VLMTrainer
+
+    cfg = config(tmp_path, shapes, llm=str(llama_dir), vision_config=vision_json, vision_pretrained=None,
+                 data=[str(shapes / "instruct.json")], group_by_length=True, per_device_train_batch_size=2)
+    model, processor = load_or_build(cfg)
+    dataset, _ = prepare_dataset(cfg.data, cfg.image_root, processor, cfg.max_length, False, progress=False)
+    assert dataset.lengths == [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+    assert len(set(dataset.lengths)) > 4  # 1-3 turn conversations: lengths differ
+    trainer = VLMTrainer(model=model, args=training_arguments(cfg), train_dataset=dataset,
+                         data_collator=VLMCollator(processor.tokenizer.pad_token_id))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == dataset.lengths
+    order = list(sampler)
+    assert sorted(order) == list(range(len(dataset)))  # every sample once per epoch
+
+    def padding(indices):  # padded tokens of consecutive batches of 2
+        batches = [indices[i : i + 2] for i in range(0, len(indices), 2)]
+        return sum(2 * max(dataset.lengths[j] for j in b) - sum(dataset.lengths[j] for j in b) for b in batches)
+
+    assert padding(order) < padding(list(range(len(dataset))))
+    plain = VLMTrainer(model=model, args=training_arguments(config(tmp_path, shapes, llm=str(llama_dir))), train_dataset=dataset,
+                       data_collator=VLMCollator(processor.tokenizer.pad_token_id))
+    assert not isinstance(plain._get_train_sampler(), LengthGroupedSampler)

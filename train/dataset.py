@@ -37,9 +37,12 @@ class DataReport:
 class SupervisedDataset(Dataset):
     """Map-style dataset of ``{input_ids, labels, pixel_values, num_images}`` examples."""
 
-    def __init__(self, conversations: ConversationDataset, indices: list[int], processor: VLMProcessor, max_length: int):
+    def __init__(self, conversations: ConversationDataset, indices: list[int], processor: VLMProcessor, max_length: int,
+                 lengths: list[int] | None = None):
         self.conversations = conversations
         self.indices = list(indices)
+        self.lengths = lengths
+        """Token count of each sample (image tokens included), known from the tokenization check."""
         self.processor = processor
         self.max_length = max_length
 
@@ -66,11 +69,11 @@ def prepare_dataset(
     conversations = ConversationDataset(paths, image_root, image_token=processor.image_token)
     checked = validate(conversations, skip_bad=skip_bad, check_images=True, progress=progress)
     report = DataReport(total=len(conversations), skipped=checked.num_bad, reasons=list(checked.first_reasons))
-    good = []
+    good, lengths = [], []
     for index in tqdm(list(checked.valid_indices), desc="tokenizing", disable=not progress, leave=False):
         sample = conversations[index]
         try:
-            tokenize_conversation(processor, sample.messages, max_length)
+            tokens = tokenize_conversation(processor, sample.messages, max_length)
         except ConversationError as err:
             message = f"{sample.source} record {sample.index} (id {sample.id!r}): {err}"
             if not skip_bad:
@@ -79,9 +82,10 @@ def prepare_dataset(
             report.reasons.append(message)
             continue
         good.append(index)
+        lengths.append(len(tokens.input_ids))
     if not good:
         raise ValueError(f"no usable training samples in {', '.join(paths)}: {report.summary()}")
-    return SupervisedDataset(conversations, good, processor, max_length), report
+    return SupervisedDataset(conversations, good, processor, max_length, lengths), report
 
 
 class VLMCollator:

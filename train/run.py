@@ -141,6 +141,7 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         save_total_limit=cfg.save_total_limit,
         report_to=report_to,
         remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=not is_main_process(),
     )
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.trainer_utils import rotate_checkpoints as hf_rotate_checkpoints
 
@@ -47,6 +48,17 @@ class VLMTrainer(Trainer):
     def _inner_training_loop(self, *args: Any, **kwargs: Any):
         self._last_log = None  # the clock starts with the first step of this (possibly resumed) run
         return super()._inner_training_loop(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        # Length grouping with the lengths our dataset already knows: transformers would otherwise
+        # load every sample (images included) once just to count its tokens.
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        lengths = getattr(dataset, "lengths", None)
+        if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, dataset=dataset, lengths=lengths
+            )
+        return super()._get_train_sampler(train_dataset)
 
     def create_optimizer(self, model: torch.nn.Module | None = None):
         if self.optimizer is not None:
