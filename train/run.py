@@ -96,9 +96,14 @@ def resolve_resume(cfg: TrainConfig) -> str | None:
     return None
 
 
+def saved_world_size(checkpoint: Path) -> int:
+    """How many processes wrote ``checkpoint``: one RNG file each when distributed."""
+    return len(list(checkpoint.glob("rng_state_*.pth"))) or 1
+
+
 def check_world_size(checkpoint: Path) -> None:
-    """Refuse (ZeRO) or warn (plain) when a checkpoint was written by another number of processes."""
-    saved = len(list(checkpoint.glob("rng_state_*.pth"))) or 1  # one RNG file per process when distributed
+    """Refuse (ZeRO) or warn (plain: the steps are rescaled) when a checkpoint was written by another number of processes."""
+    saved = saved_world_size(checkpoint)
     current = int(os.environ.get("WORLD_SIZE", "1"))
     if saved == current:
         return
@@ -109,8 +114,9 @@ def check_world_size(checkpoint: Path) -> None:
             f"vlm merge {checkpoint} --out MERGED, then init_from=MERGED (the optimizer state starts fresh)"
         )
     log(
-        f"warning: {checkpoint} was written by {saved} processes, this run has {current}: the global batch "
-        "changes, so the remaining steps and the data position follow the new world size"
+        f"warning: {checkpoint} was written by {saved} processes, this run has {current}: the global batch changes "
+        f"by {current}/{saved}, so the step count is rescaled to keep the number of samples seen (and the data "
+        "position and learning-rate schedule with it); max_steps now counts steps of the new global batch"
     )
 
 
@@ -177,6 +183,7 @@ def run_training(cfg: TrainConfig) -> Path:
     )
     if resume_from:
         log(f"resuming from {resume_from}")
+        trainer.resume_scale = saved_world_size(Path(resume_from)) / args.world_size
     trainer.train(resume_from_checkpoint=resume_from)
     final = output_dir / FINAL_DIR
     # Every rank takes part in save_model (ZeRO-3 gathers the weights); rank 0 writes into a

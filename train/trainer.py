@@ -49,6 +49,41 @@ class VLMTrainer(Trainer):
         self._last_log = None  # the clock starts with the first step of this (possibly resumed) run
         return super()._inner_training_loop(*args, **kwargs)
 
+    resume_scale: float = 1.0
+    """Samples per step of the checkpoint being resumed / of this run (their world sizes differ)."""
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial):
+        epochs_trained, steps_in_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint, trial
+        )
+        if resume_from_checkpoint is None or self.resume_scale == 1.0 or self.state.global_step == 0:
+            return epochs_trained, steps_in_epoch
+        # Another world size: keep the number of samples seen. A step that does not divide evenly
+        # rounds down, so at most part of one global batch is seen twice, none skipped.
+        old = self.state.global_step
+        self.state.global_step = int(old * self.resume_scale)
+        self._rescaled_from = old
+        epochs_trained = self.state.global_step // num_update_steps_per_epoch
+        steps_in_epoch = 0
+        if not self.args.ignore_data_skip:
+            steps_in_epoch = (self.state.global_step % num_update_steps_per_epoch) * self.args.gradient_accumulation_steps
+        return epochs_trained, steps_in_epoch
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None or getattr(self, "_rescaled_from", None) is None or self.lr_scheduler is None:
+            return
+        # The schedule continues from the rescaled step: the same fraction of the run as before.
+        scheduler, step = self.lr_scheduler, self.state.global_step
+        scheduler.last_epoch, scheduler._step_count = step, step + 1
+        if hasattr(scheduler, "lr_lambdas"):  # transformers' schedules are LambdaLRs
+            lrs = [base * rate(step) for base, rate in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+        else:
+            lrs = scheduler.get_last_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = list(lrs)
+
     def _get_train_sampler(self, train_dataset=None):
         # Length grouping with the lengths our dataset already knows: transformers would otherwise
         # load every sample (images included) once just to count its tokens.
