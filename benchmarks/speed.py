@@ -504,6 +504,24 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
                   "speedup": statistics.median(p / q for p, q in zip(plain, labeled))}
     else:
         times, flops = timed(step, settings.warmup, settings.steps)
+    cache_ab = None
+    if impl == "ours" and row == "stage1" and "pixel_values" in inputs:
+        # Stage 1 with the vision-feature cache (train.features): the tower's outputs, computed
+        # once, replace the pixels. Steps with pixels and with cached features alternate, as above.
+        with torch.no_grad():
+            features = model.vision_tower(inputs["pixel_values"])
+        pixel_inputs = inputs
+        cached_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"} | {"vision_features": features}
+        pixels_s, cached_s = [], []
+        for i in range(settings.steps):
+            for use_cache in ((False, True) if i % 2 == 0 else (True, False)):
+                inputs = cached_inputs if use_cache else pixel_inputs
+                start = time.perf_counter()
+                step()
+                (cached_s if use_cache else pixels_s).append(time.perf_counter() - start)
+        inputs = pixel_inputs
+        cache_ab = {"pixels_s": pixels_s, "cached_s": cached_s,
+                    "speedup": statistics.median(p / q for p, q in zip(pixels_s, cached_s))}
     record = {
         "row": row, "impl": impl, "dtype": dtype, "batch": int(batch["input_ids"].shape[0]),
         "median_s": statistics.median(times), "times_s": times, "executed_flops": flops,
@@ -513,6 +531,8 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
     }
     if paired:
         record["paired_ab"] = paired
+    if cache_ab:
+        record["feature_cache_ab"] = cache_ab
     if settings.profile and impl == "ours":
         record["profile"] = profile_one(step)
     return [record]
@@ -768,6 +788,14 @@ def render_report(report: dict[str, Any]) -> str:
                  "computation (LM head on all positions), per step / prefill / decode step. load: 1-min load average at "
                  "the worker's start and end (2 cores; other work on the machine slows every figure, and an MFU above 100% "
                  "means the peak was measured while other work ran).")
+    for record in report["results"]:
+        if record.get("feature_cache_ab"):
+            ab = record["feature_cache_ab"]
+            lines.append(
+                f"stage 1 with the vision-feature cache (feature_cache=DIR; {record['dtype']}): "
+                f"{1e3 * statistics.median(ab['cached_s']):.1f} ms per step vs {1e3 * statistics.median(ab['pixels_s']):.1f} ms "
+                f"with pixels, {ab['speedup']:.2f}x (median over pairs of alternating steps in one process)"
+            )
     lines.append(f"wall time {report['wall_s']:.0f} s")
     for record in report["results"]:
         if record.get("profile"):

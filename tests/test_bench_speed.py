@@ -59,6 +59,9 @@ def test_quick_run_in_process_fills_every_column(tmp_path, capsys):
     assert on["model_gflop"] == off["model_gflop"] and on["model_flops_from"] == "ours-plain"
     executed = {r["impl"]: r["executed_flops"] for r in report["results"] if r["row"] == "stage1"}
     assert executed["ours"] < executed["ours-plain"]  # the LM head ran on fewer positions
+    cache = [r["feature_cache_ab"] for r in report["results"] if "feature_cache_ab" in r]
+    assert [r["row"] for r in report["results"] if "feature_cache_ab" in r] == ["stage1"] * len(cache) and cache
+    assert all(len(ab["pixels_s"]) == len(ab["cached_s"]) > 0 and ab["speedup"] > 0 for ab in cache)
     paired = next(r["paired_ab"] for r in report["results"] if r["impl"] == "ours-plain")
     assert len(paired["plain_s"]) == len(paired["labeled_s"]) == 1 and on["paired_speedup"] == paired["speedup"] > 0
     for line in report["summary"]:
@@ -68,6 +71,7 @@ def test_quick_run_in_process_fills_every_column(tmp_path, capsys):
     assert report["machine"]["cores"] and report["machine"]["versions"]["transformers"]
     printed = capsys.readouterr().out
     assert "| row | dtype | ours ms | reference ms | ours/ref |" in printed and "decode, per token, batch 1" in printed
+    assert "stage 1 with the vision-feature cache" in printed
 
 
 @needs_smollm2

@@ -25,6 +25,7 @@ def test_zero_run_trains_checkpoints_and_resumes(zero, port, tmp_path, llama_dir
         "data": [str(shapes / "captions.json")], "image_root": str(shapes), "max_length": 512,
         "per_device_train_batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0, "save_steps": 2,
         "logging_steps": 1, "output_dir": str(run), "seed": 0, "bf16": False, "deepspeed": zero,
+        "feature_cache": str(tmp_path / "features"),  # both ranks read the tower outputs rank 0 cached
     }))
     first = run_deepspeed(config, "max_steps=4", port=port)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -33,6 +34,8 @@ def test_zero_run_trains_checkpoints_and_resumes(zero, port, tmp_path, llama_dir
         assert any("rank_0" in s or "rank0" in s for s in shards) and any("rank_1" in s or "rank1" in s for s in shards), shards
     model = VLMForCausalLM.from_pretrained(run / "model")
     assert model.config.model_type == "vlm"
+    assert len(list((tmp_path / "features").rglob("*.safetensors"))) == 16
+    assert "16 images, 16 computed now" in first.stderr + first.stdout
 
     second = run_deepspeed(config, "max_steps=6", "resume=true", port=port)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]

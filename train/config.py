@@ -96,6 +96,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step."""
     max_grad_norm: float = 1.0
+    feature_cache: str | None = None
+    """Folder caching the frozen vision tower's patch tokens per image (see train.features): filled
+    once before the first step, then read instead of decoding and encoding images every step.
+    Shared safely between runs and stages: entries are keyed by the tower and the image bytes."""
     group_by_length: bool = False
     """Batch samples of similar token counts together (transformers' LengthGroupedSampler, on the
     lengths the data check already measured): less padding, faster steps; the order stays random

@@ -45,6 +45,22 @@ class SupervisedDataset(Dataset):
         """Token count of each sample (image tokens included), known from the tokenization check."""
         self.processor = processor
         self.max_length = max_length
+        self.feature_cache = None
+        self.image_digests: list[list[str]] | None = None
+
+    def sample(self, i: int):
+        """The ``i``-th sample's conversation record (messages and image references)."""
+        return self.conversations[self.indices[i]]
+
+    def load_image(self, i: int, k: int):
+        """Image ``k`` of sample ``i``, decoded as RGB."""
+        return self.conversations.load_images(self.sample(i))[k]
+
+    def use_feature_cache(self, cache, digests: list[list[str]]) -> None:
+        """Serve ``vision_features`` from ``cache`` (see train.features) instead of ``pixel_values``."""
+        if len(digests) != len(self):
+            raise ValueError(f"{len(digests)} digest lists for {len(self)} samples")
+        self.feature_cache, self.image_digests = cache, digests
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -55,6 +71,14 @@ class SupervisedDataset(Dataset):
             tokens = tokenize_conversation(self.processor, sample.messages, self.max_length)
         except ConversationError as err:
             raise BadSampleError(f"{sample.source} record {sample.index} (id {sample.id!r}): {err}") from err
+        if self.feature_cache is not None:
+            from train.features import stack_features
+
+            digests = self.image_digests[i]
+            example = {"input_ids": tokens.input_ids, "labels": tokens.labels, "num_images": len(digests)}
+            if digests:
+                example["vision_features"] = stack_features(self.feature_cache, digests)
+            return example
         images = self.conversations.load_images(sample)
         example = {"input_ids": tokens.input_ids, "labels": tokens.labels, "num_images": len(images)}
         if images:
@@ -110,7 +134,8 @@ class VLMCollator:
             "attention_mask": attention_mask,
             "num_images": torch.tensor([e["num_images"] for e in examples], dtype=torch.long),
         }
-        pixels = [e["pixel_values"] for e in examples if e["num_images"]]
-        if pixels:
-            batch["pixel_values"] = torch.cat(pixels)  # [N_img, 3, H, W], sample order
+        for key in ("pixel_values", "vision_features"):  # images, or their cached tower outputs
+            parts = [e[key] for e in examples if e["num_images"] and key in e]
+            if parts:
+                batch[key] = torch.cat(parts)  # [N_img, 3, H, W] / [N_img, T, D_vis], sample order
         return batch

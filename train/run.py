@@ -9,6 +9,7 @@ Launch the same code path alone (``vlm train cfg.yaml``), with torchrun, or with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from projector import calibrate_projector
 from train.config import TrainConfig
 from train.dataset import VLMCollator, prepare_dataset
+from train.features import FeatureCache, fill_cache, tower_fingerprint
 from train.plots import plot_metrics
 from train.stages import apply_stage, parameter_table
 from train.trainer import MetricsLogger, VLMTrainer
@@ -164,6 +166,12 @@ def run_training(cfg: TrainConfig) -> Path:
         cfg.data, cfg.image_root, processor, cfg.max_length, cfg.skip_bad_samples, progress=is_main_process()
     )
     log(report.summary())
+    if cfg.feature_cache:
+        with args_main_first():
+            vlm = model.get_base_model() if hasattr(model, "get_base_model") else model
+            cache = FeatureCache(cfg.feature_cache, tower_fingerprint(vlm.vision_tower, processor.image_processor))
+            stats = fill_cache(cache, vlm.vision_tower, processor.image_processor, dataset, progress=is_main_process())
+        log(f"feature cache {cache.folder}: {stats['images']} images, {stats['computed']} computed now, {stats['reused']} reused")
     if cfg.projector_init == "calibrate" and not resume_from:
         log(f"projector_init=calibrate: {calibrate_on_dataset(model, dataset, cfg.calibration_images)}")
     args = training_arguments(cfg)
@@ -203,24 +211,39 @@ def run_training(cfg: TrainConfig) -> Path:
     return final
 
 
+@contextlib.contextmanager
+def args_main_first():
+    """Run the block on the main process first, then on the others (no-op when not distributed)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        yield
+        return
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():
+        yield
+
+
 def calibrate_on_dataset(model: nn.Module, dataset, num_images: int) -> dict[str, float]:
     """``projector.calibrate_projector`` on the vision features of the dataset's first images.
 
     Deterministic (file order), so every DeepSpeed rank computes the same projector.
     """
     vlm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    pixels, seen = [], 0
-    for index in range(len(dataset)):
-        example = dataset[index]
-        if example.get("num_images"):
-            pixels.append(example["pixel_values"])
-            seen += example["pixel_values"].shape[0]
+    parts, seen = [], 0
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            example = dataset[index]
+            if not example.get("num_images"):
+                continue
+            # The tower's tokens: from the feature cache when it is on, else from the pixels.
+            tokens = example["vision_features"] if "vision_features" in example else vlm.vision_tower(example["pixel_values"])
+            parts.append(tokens)
+            seen += tokens.shape[0]
             if seen >= num_images:
                 break
-    if not pixels:
+    if not parts:
         raise ValueError("projector_init=calibrate needs training samples with images; the data has none")
-    with torch.no_grad():
-        features = torch.cat([vlm.vision_tower(batch) for batch in torch.cat(pixels)[:num_images].split(16)])
+    features = torch.cat(parts)[:num_images]
     target = vlm.get_input_embeddings().weight.detach().float().norm(dim=-1).mean().item()
     return calibrate_projector(vlm.projector, features, target)
 

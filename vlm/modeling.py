@@ -98,9 +98,15 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.language_model.get_decoder()
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(N_img, 3, H, W)`` -> projected patch tokens ``(N_img, image_seq_length, D_llm)``."""
-        patch_tokens = self.vision_tower(pixel_values)  # [N, T, D_vis], no grad
+    def get_image_features(self, pixel_values: torch.Tensor | None = None, vision_features: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N_img, 3, H, W)`` -> projected patch tokens ``(N_img, image_seq_length, D_llm)``.
+
+        ``vision_features`` (``(N_img, T, D_vis)``) are the vision tower's outputs computed
+        earlier (train.features caches them): the tower is frozen, so they stand in for pixels.
+        """
+        if (pixel_values is None) == (vision_features is None):
+            raise ValueError("give exactly one of pixel_values or vision_features")
+        patch_tokens = self.vision_tower(pixel_values) if vision_features is None else vision_features  # [N, T, D_vis], no grad
         projector_dtype = next(self.projector.parameters()).dtype
         return self.projector(patch_tokens.to(projector_dtype))  # [N, T, D_llm]
 
@@ -139,15 +145,19 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         pixel_values: torch.Tensor | None = None,
         num_images: torch.Tensor | None = None,
+        vision_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """LLM input embeddings with the placeholder rows replaced by projected patch tokens."""
         inputs_embeds = self.get_input_embeddings()(input_ids)  # [B, L, D]
-        total_images = 0 if pixel_values is None else pixel_values.shape[0]
+        if pixel_values is not None and vision_features is not None:
+            raise ValueError("give pixel_values or vision_features, not both")
+        images = pixel_values if pixel_values is not None else vision_features
+        total_images = 0 if images is None else images.shape[0]
         # num_images describes pixel_values; decoding steps after prefill carry neither images
         # nor placeholders (generate drops pixel_values there), so it is only checked with them.
         mask = self._image_placeholder_mask(input_ids, num_images if total_images else None, total_images)
         if total_images:
-            image_features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)  # [N, T, D]
+            image_features = self.get_image_features(pixel_values, vision_features).to(inputs_embeds.dtype)  # [N, T, D]
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
         elif self.training:
             # A text-only batch leaves the projector out of the graph; under DDP / ZeRO every
@@ -167,6 +177,7 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         labeled_positions_only: bool | None = None,
+        vision_features: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Embed text and images, then run the LLM (which computes the shifted cross-entropy on ``labels``).
@@ -174,6 +185,8 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
         Args:
             input_ids: ``(B, L)`` token ids with ``image_seq_length`` placeholders per image.
             pixel_values: ``(N_img, 3, H, W)``, all images of the batch in sample order.
+            vision_features: instead of ``pixel_values``, the frozen vision tower's outputs
+                ``(N_img, T, D_vis)`` computed earlier (training's feature cache).
             num_images: ``(B,)`` images per sample; optional, enables per-sample checks.
             labels: ``(B, L)``, ``-100`` where no loss is taken.
             labeled_positions_only: with ``labels``, run the LM head and the loss only at the
@@ -189,8 +202,8 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.embed_inputs(input_ids, pixel_values, num_images)
-        elif pixel_values is not None:
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, num_images, vision_features)
+        elif pixel_values is not None or vision_features is not None:
             raise ValueError("pixel_values need input_ids (the placeholders say where the images go), not inputs_embeds")
         if labeled_positions_only is None:
             labeled_positions_only = self.training
