@@ -469,7 +469,7 @@ def _chat_reference(profile: Profile) -> str:
 
 def render_summary(summary: dict[str, Any]) -> str:
     steps = summary["steps"]
-    ran = sum(s["seconds"] or 0 for s in steps if s["status"] == "ran")
+    total = sum(s["seconds"] or 0 for s in steps)  # recorded times of reused steps included
     lines = [
         f"## vlm demo ({summary['profile']['name']}): {summary['workdir']}",
         "",
@@ -480,8 +480,9 @@ def render_summary(summary: dict[str, Any]) -> str:
         rss = "-" if s["peak_rss_mib"] is None else f"{s['peak_rss_mib']:,.0f} MiB"
         lines.append(f"| {s['name']} | {s['status']} | {_duration(s['seconds'])} | {rss} |")
     peak = max((s["peak_rss_mib"] or 0 for s in steps), default=0)
-    lines.append(f"| **total** | | **{_duration(summary['wall_seconds'])}** (steps run now: {_duration(ran)}) | "
-                 f"**{peak:,.0f} MiB** (largest step) |")
+    reused = sum(s["status"] == "reused" for s in steps)
+    note = f" (this invocation: {_duration(summary['wall_seconds'])}, {reused} steps reused)" if reused else ""
+    lines.append(f"| **total** | | **{_duration(total)}**{note} | **{peak:,.0f} MiB** (largest step) |")
     if "nlvr" in summary:
         results = summary["nlvr"]
         rows = [("model", "merged model, image"), ("no_image", "base LLM, no image")]
