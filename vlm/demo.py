@@ -103,7 +103,7 @@ class NLVRProfile:
 
 
 NLVR_PROFILES = {
-    "full": NLVRProfile(parts=("qa", "captions"), steps=120, batch=4, lr=5e-4, lora_r=32, eval_limit=1200, eval_batch=16),
+    "full": NLVRProfile(parts=("qa", "captions"), steps=90, batch=4, lr=5e-4, lora_r=32, eval_limit=1200, eval_batch=16),
     "quick": NLVRProfile(parts=("qa",), steps=3, batch=2, lr=1e-3, lora_r=8, eval_limit=12, eval_batch=12),
 }
 DEFAULT_NLVR_DATA = Path("../shared/data/nlvr1")
