@@ -42,7 +42,6 @@ STATE_FILE = "demo.json"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 CHAT_FILE = "chat.txt"
-CHAT_QUESTION = "What shapes are in the image, and where?"
 CHAT_COUNT_QUESTION = "How many shapes are there?"
 
 # A micro CLIP for --quick: real geometry (224 px, patch 16 -> 196 tokens), 2 blocks of width 64.
@@ -585,7 +584,6 @@ def build_tiny_llm(out: str | os.PathLike, seed: int = 0) -> Path:
     return Path(out)
 
 
-DESCRIPTION = __doc__.split("\n\n")[0].strip("`").strip() if __doc__ else ""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
