@@ -45,7 +45,7 @@ Files written by `write_shapes_dataset` (all JSON files are lists of records)
         {"id": "train_s0_000000", "image": "images/train_s0_000000.png",
          "conversations": [{"from": "human", "value": "<image>\\nDescribe the image briefly."},
                            {"from": "gpt", "value": "A large red circle at the top left and ..."}]}
-    instruct.json   stage 2, LLaVA format, one conversation of 1-3 QA turns per training image;
+    instruct.json   stage 2, LLaVA format, one conversation of 1 to max_turns QA turns per training image;
                     `<image>` only in the first human turn.
     eval.json       one question per record, about held-out images:
         {"id": "eval_s0_000000_count", "image": "images/eval_s0_000000.png",
@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,8 @@ _GAP = 4  # minimum pixels between the boxes of two shapes when overlap is off
 _GRID_DEAD_BAND = 6
 _SPLITS = {"train": 0, "eval": 1}
 _MAX_INDEX = 2**32
+MAX_TURNS = 16  # most QA turns of one instruct conversation
+_TURN_TRIES = 8  # question draws per wanted turn before a conversation settles for fewer turns
 _MAX_SHAPES = 10  # count answers and caption number words are defined up to ten
 
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -638,15 +641,39 @@ def _instruct_record(scene: Scene, stem: str, multi_turn_fraction: float, max_tu
     rng = _text_rng(scene, "instruct")
     tasks = feasible_tasks(scene)  # count, existence and comparison are always there: >= 3
     n_turns = rng.choice(tuple(range(2, max_turns + 1))) if rng.random() < multi_turn_fraction else 1
-    n_turns = min(n_turns, len(tasks))  # each turn asks a different task
-    conversations = []
-    for turn, task in enumerate(rng.sample(tasks, n_turns)):
+    # Every feasible task is asked once before any is asked again; a repeat asks about another
+    # subject (the same question is never asked twice about one image, in any phrasing).
+    order = list(rng.sample(tasks, min(n_turns, len(tasks))))
+    qas: list[QA] = []
+    asked: set[tuple[str, ...]] = set()
+    tries = 0
+    while len(qas) < n_turns and tries < _TURN_TRIES * n_turns:
+        if not order:
+            order = list(rng.sample(tasks, len(tasks)))
+        task = order.pop(0)
         qa = make_qa(scene, task, rng)
         assert qa is not None, f"{stem}: feasible task {task} gave no question"
+        tries += 1
+        key = _question_key(qa)
+        if key in asked:
+            continue
+        asked.add(key)
+        qas.append(qa)
+    conversations = []
+    for turn, qa in enumerate(qas):
         question = f"{IMAGE_TOKEN}\n{qa.question}" if turn == 0 else qa.question
         conversations.append({"from": "human", "value": question})
         conversations.append({"from": "gpt", "value": qa.answer})
     return {"id": stem, "image": f"images/{stem}.png", "conversations": conversations}
+
+
+_SUBJECT_WORDS = frozenset(COLORS) | frozenset(KINDS) | frozenset(_PLURALS.values())
+
+
+def _question_key(qa: QA) -> tuple[str, ...]:
+    """What a question asks, whatever its phrasing: its task and its colour/kind words in order."""
+    words = re.findall(r"[a-z]+", qa.question.lower())
+    return (qa.task, *(w for w in words if w in _SUBJECT_WORDS))
 
 
 def _eval_records(scene: Scene, stem: str, index: int) -> list[dict[str, Any]]:
@@ -691,9 +718,11 @@ def write_shapes_dataset(
         parts: which of "captions", "instruct", "eval" to write.
         config: how scenes are sampled; the default is the published dataset.
         multi_turn_fraction: share of instruct conversations with 2 to `max_turns` QA turns instead of one.
-        max_turns: most QA turns of a multi-turn conversation (2-6; each turn asks another task, so a
-            scene supports at most its number of feasible tasks). More turns give more supervised
-            answers per image for the same image-token cost.
+        max_turns: most QA turns of a multi-turn conversation (2-16). Each feasible task is asked
+            once before any task is asked again about another subject; no question repeats within a
+            conversation (a scene with few distinct questions gets fewer turns). More turns give
+            more supervised answers per image for little more compute: the 196 image tokens are
+            paid once per conversation, a turn costs about 20 text tokens.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -716,8 +745,8 @@ def write_shapes_dataset(
     if not 0.0 <= multi_turn_fraction <= 1.0:
         raise ValueError(f"multi_turn_fraction must be in [0, 1], got {multi_turn_fraction}")
     _check_int("max_turns", max_turns, minimum=2)
-    if max_turns > len(TASKS):
-        raise ValueError(f"max_turns must be <= {len(TASKS)} (one turn per task), got {max_turns}")
+    if max_turns > MAX_TURNS:
+        raise ValueError(f"max_turns must be <= {MAX_TURNS}, got {max_turns}")
 
     out = Path(out_dir)
     images_dir = out / "images"

@@ -414,7 +414,7 @@ def test_eval_images_do_not_depend_on_n(tmp_path: Path) -> None:
         ({"n": 2, "parts": ()}, ValueError, "non-empty"),
         ({"n": 2, "multi_turn_fraction": 1.5}, ValueError, "multi_turn_fraction"),
         ({"n": 2, "max_turns": 1}, ValueError, "max_turns must be >= 2"),
-        ({"n": 2, "max_turns": 7}, ValueError, "max_turns must be <= 6"),
+        ({"n": 2, "max_turns": 17}, ValueError, "max_turns must be <= 16"),
     ],
 )
 def test_bad_writer_arguments_fail_before_writing(
@@ -486,13 +486,40 @@ def test_reference_answers_score_100(dataset: Path) -> None:
 def test_max_turns_asks_more_distinct_tasks_per_image(tmp_path: Path) -> None:
     default = json.loads(write_shapes_dataset(tmp_path / "a", 40, parts=("instruct",))["instruct"].read_text())
     long = json.loads(
-        write_shapes_dataset(tmp_path / "b", 40, parts=("instruct",), multi_turn_fraction=1.0, max_turns=6)["instruct"].read_text()
+        write_shapes_dataset(tmp_path / "b", 40, parts=("instruct",), multi_turn_fraction=1.0, max_turns=12)["instruct"].read_text()
     )
     assert max(len(r["conversations"]) // 2 for r in default) == 3
     turns = [len(r["conversations"]) // 2 for r in long]
-    assert min(turns) >= 2 and max(turns) >= 5
+    assert min(turns) >= 2 and 10 <= max(turns) <= 12
+    repeated = 0
     for record in long:
         scene = sample_scene(scene_seed(0, "train", int(record["id"].rsplit("_", 1)[1])))
-        questions = [turn["value"] for turn in record["conversations"][0::2]]
-        assert len(set(questions)) == len(questions) <= len(feasible_tasks(scene))
-        assert questions[0].startswith("<image>\n") and not any("<image>" in q for q in questions[1:])
+        questions = [turn["value"].removeprefix("<image>\n") for turn in record["conversations"][0::2]]
+        answers = [turn["value"] for turn in record["conversations"][1::2]]
+        assert record["conversations"][0]["value"].startswith("<image>\n")
+        assert not any("<image>" in q for q in questions)
+        tasks = [_task_of(q) for q in questions]
+        feasible = feasible_tasks(scene)
+        # every feasible task is asked once before any task is asked twice
+        first = tasks[: len(feasible)]
+        assert len(set(first)) == len(first) and set(first) <= set(feasible), (record["id"], tasks)
+        repeated += len(tasks) > len(feasible)
+        # a repeat asks about another subject: no question twice, in any phrasing
+        subjects = [(task, *_COLOR_RE.findall(q), *_KIND_RE.findall(q)) for task, q in zip(tasks, questions, strict=True)]
+        assert len(set(subjects)) == len(subjects), (record["id"], questions)
+        for task, question, answer in zip(tasks, questions, answers, strict=True):
+            assert answer == _expected_answer(scene, task, question), (record["id"], question)
+    assert repeated >= 10  # scenes have 3-6 feasible tasks, so long conversations repeat tasks
+
+
+def _task_of(question: str) -> str:
+    """Which task a generated question belongs to, read from its wording."""
+    if question.startswith(("How many", "Count")):
+        return "count"
+    if " more " in question:
+        return "comparison"
+    if question.startswith("Where") or "part of the image" in question:
+        return "position"
+    if question.startswith(("Is there", "Does the image contain", "Can you see")):
+        return "existence"
+    return "color" if "color" in question else "shape"
