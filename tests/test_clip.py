@@ -65,6 +65,14 @@ def test_write_clip_csv_values(tmp_path):
     out = write_clip_csv(captions, tmp_path, tmp_path / "clip_comma.csv", separator=",")
     assert pd.read_csv(out, sep=",")["title"].tolist() == ["A blue square.", tricky]
 
+    # colour names dropped as whole words, any case; "redder" is not "red"
+    records[1]["conversations"][1]["value"] = "Red circle, a redder blue square and a small RED cross."
+    out = write_clip_csv(_write_records(tmp_path, records), None, tmp_path / "clip_nc.csv", drop_words=["red", "blue"])
+    assert pd.read_csv(out, sep="\t")["title"].tolist() == ["A square.", "circle, a redder square and a small cross."]
+    records[0]["conversations"][1]["value"] = "blue red"
+    with pytest.raises(ValueError, match=r"record 0 \(id '0'\).*nothing of the caption is left"):
+        write_clip_csv(_write_records(tmp_path, records), None, tmp_path / "clip_nc2.csv", drop_words=["red", "blue"])
+
 
 def test_write_clip_csv_names_the_bad_record(tmp_path):
     records = [{"id": "x7", "image": "missing.png", "conversations": [{"from": "gpt", "value": "a caption"}]}]

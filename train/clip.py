@@ -59,6 +59,7 @@ def write_clip_csv(
     image_root: str | os.PathLike | None,
     out_csv: str | os.PathLike,
     separator: str = CSV_SEPARATOR,
+    drop_words: Sequence[str] = (),
 ) -> Path:
     """Turn a LLaVA-format captions file into open_clip_train's CSV, atomically.
 
@@ -74,6 +75,11 @@ def write_clip_csv(
         out_csv: the CSV to write.
         separator: the field separator; pass the same to ``train_clip`` (open_clip's
             ``--csv-separator``, tab by default).
+        drop_words: whole words (case-insensitive) removed from every caption. A contrastive
+            objective learns only what it needs to tell a batch's captions apart: on the shapes
+            captions, colour names alone almost always suffice, so the tower learns colour and
+            loses shape. Dropping the colour names makes it tell scenes apart by shape, size,
+            count and position; colour stays readable from the patch tokens of any tower.
 
     Returns:
         ``out_csv`` as a Path.
@@ -81,6 +87,7 @@ def write_clip_csv(
     captions_json = Path(captions_json)
     image_root = (Path(image_root) if image_root is not None else captions_json.parent).absolute()
     records = json.loads(captions_json.read_text(encoding="utf-8"))
+    drop = re.compile(r"\b(?:" + "|".join(map(re.escape, drop_words)) + r")\b *", re.IGNORECASE) if drop_words else None
     if not isinstance(records, list) or not records:
         raise ValueError(f"{captions_json}: expected a non-empty JSON list of LLaVA records")
     rows = []
@@ -98,7 +105,12 @@ def write_clip_csv(
         image = image_root / record["image"]
         if not image.is_file():
             raise FileNotFoundError(f"{where}: image {record['image']} not found under {image_root}")
-        rows.append((str(image), caption.strip()))
+        caption = caption.strip()
+        if drop is not None:
+            caption = drop.sub("", caption).strip()
+            if not caption:
+                raise ValueError(f"{where}: nothing of the caption is left after dropping {list(drop_words)}")
+        rows.append((str(image), caption))
     with atomic_file(out_csv, "w") as handle:
         writer = csv.writer(handle, delimiter=separator, lineterminator="\n")
         writer.writerow((CSV_IMAGE_KEY, CSV_CAPTION_KEY))
@@ -439,6 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     to_csv.add_argument(
         "--image-root", type=Path, default=None, help="folder of the image paths (default: the JSON's folder)"
     )
+    to_csv.add_argument(
+        "--drop-words", nargs="+", default=(), metavar="WORD",
+        help="whole words removed from every caption (e.g. the shapes colour names, so the CLIP must learn shape "
+        "to match captions, not colour alone)",
+    )
 
     train = commands.add_parser("train", help="train a CLIP with open_clip_train on a CSV")
     train.add_argument("csv", type=Path, help="open_clip CSV (filepath, title)")
@@ -460,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "csv":
-        print(write_clip_csv(args.captions_json, args.image_root, args.out_csv))
+        print(write_clip_csv(args.captions_json, args.image_root, args.out_csv, drop_words=args.drop_words))
         return 0
     weights = train_clip(
         args.csv,
