@@ -55,6 +55,24 @@ def test_a_finished_step_made_by_another_command_is_refused(tmp_path):
     assert (tmp_path / "second.txt").read_text() == "b"
 
 
+def test_the_same_interpreter_under_another_name_is_the_same_command(tmp_path):
+    run_steps(tmp_path, _steps(tmp_path), lambda _: None)
+    state_path = tmp_path / demo.STATE_FILE
+    state = json.loads(state_path.read_text())
+    folder = Path(sys.executable).parent
+    for name in ("python3", "python3.11"):  # how the first run was started, e.g. `python3 -m vlm demo`
+        state["steps"]["second"]["commands"][0][0] = str(folder / name)
+        state_path.write_text(json.dumps(state))
+        again = _steps(tmp_path)
+        run_steps(tmp_path, again, lambda _: None)
+        assert [s.status for s in again] == ["reused", "reused"]
+    # another interpreter (another environment) is another command
+    state["steps"]["second"]["commands"][0][0] = "/elsewhere/bin/python3"
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(DemoError, match="made by another command"):
+        run_steps(tmp_path, _steps(tmp_path), lambda _: None)
+
+
 def test_a_failing_step_stops_the_run_and_is_not_recorded(tmp_path):
     steps = _steps(tmp_path)
     steps[0].commands = [[sys.executable, "-c", "raise SystemExit(3)"]]

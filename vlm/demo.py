@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -39,6 +40,7 @@ from typing import Any
 from vlm.atomic import atomic_directory, atomic_write_json, atomic_write_text
 
 STATE_FILE = "demo.json"
+_PYTHON_NAME = re.compile(r"(?<=/)python[0-9.]*$")
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
 CHAT_FILE = "chat.txt"
@@ -359,6 +361,12 @@ def _recorded(commands: list[list[str]]) -> list[list[str]]:
              for i, word in enumerate(command)] for command in commands]
 
 
+def _comparable(commands: list[list[str]]) -> list[list[str]]:
+    # One interpreter under its several names: .venv/bin/python3 and .venv/bin/python are the same.
+    return [[_PYTHON_NAME.sub("python", word) if i == 0 else word for i, word in enumerate(command)]
+            for command in commands]
+
+
 def run_steps(workdir: Path, steps: list[Step], log: Callable[[str], None] = print) -> None:
     """Run the steps in order, reusing finished ones; raise DemoError on the first failure."""
     state = read_state(workdir)
@@ -366,7 +374,7 @@ def run_steps(workdir: Path, steps: list[Step], log: Callable[[str], None] = pri
         recorded = state["steps"].get(step.name)
         header = f"[{index}/{len(steps)}] {step.name}: {step.title}"
         if step.done():
-            if recorded is not None and recorded["commands"] != _recorded(step.commands):
+            if recorded is not None and _comparable(recorded["commands"]) != _comparable(_recorded(step.commands)):
                 raise DemoError(
                     f"step {step.name}: its output in {workdir} was made by another command:\n  "
                     + "\n  ".join(printable(c) for c in recorded["commands"])
