@@ -83,6 +83,11 @@ class Profile:
     stage2_lr: float
     lora_r: int
     eval_batch: int
+    stage2_projector_lr: float | None = None
+    """The projector's learning rate in stage 2; None = ``stage2_lr``. The projector is 0.4M
+    weights learning from scratch what the image tokens mean, LoRA nudges a pretrained LLM: on
+    the shapes colour questions alone, 40 projector-only steps of 8 at 1e-3 answered 80% of
+    held-out questions right, 40 LoRA + projector steps of 4 at 5e-4 stayed at chance."""
     extra_stage1: tuple[str, ...] = field(default=())
     extra_stage2: tuple[str, ...] = field(default=())
 
@@ -115,7 +120,7 @@ PROFILES = {
         name="full", llm="smollm2-135m-instruct", n_train=2400, n_eval=40, max_shapes=4, max_turns=6,
         multi_turn_fraction=0.9, clip_config=None, clip_epochs=3, clip_batch=64, clip_lr=1e-3,
         stage1_steps=20, stage1_batch=8, stage1_lr=2e-3, stage2_steps=50, stage2_batch=4, stage2_lr=5e-4,
-        lora_r=32, eval_batch=16,
+        lora_r=32, eval_batch=16, stage2_projector_lr=2e-3,
     ),
     "quick": Profile(
         name="quick", llm="tiny", n_train=64, n_eval=6, max_shapes=4, max_turns=6, multi_turn_fraction=0.9,
@@ -192,7 +197,7 @@ def plan(workdir: Path, profile: Profile, python: str = sys.executable) -> list[
     steps.append(_stage2_step(
         "stage2", "stage 2: projector + LoRA on instructions, DeepSpeed ZeRO-2 on 2 processes", python,
         stage1 / "model", data / "instruct.json", stage2, profile.stage2_steps, profile.stage2_batch, profile.stage2_lr,
-        profile.lora_r, profile.extra_stage2,
+        profile.lora_r, profile.extra_stage2, projector_lr=profile.stage2_projector_lr,
     ))
     steps.append(_merge_step("merge", python, stage2, merged))
     ev = w / "eval"
@@ -217,13 +222,14 @@ def plan(workdir: Path, profile: Profile, python: str = sys.executable) -> list[
 
 
 def _stage2_step(name: str, title: str, python: str, init_from: Path, data: Path, output: Path, max_steps: int,
-                 batch: int, lr: float, lora_r: int, extra: Sequence[str] = ()) -> Step:
+                 batch: int, lr: float, lora_r: int, extra: Sequence[str] = (), projector_lr: float | None = None) -> Step:
     launcher = shutil.which("deepspeed", path=str(Path(python).parent)) or shutil.which("deepspeed") or "deepspeed"
     return Step(
         name, title,
         [[launcher, "--num_gpus", "2", "--master_port", "{port}", "--module", "train", "sft_lora",
           f"init_from={init_from}", f"data=[{data}]", f"output_dir={output}", "deepspeed=zero2",
-          f"max_steps={max_steps}", f"per_device_train_batch_size={batch}", f"learning_rate={lr}", f"projector_lr={lr}",
+          f"max_steps={max_steps}", f"per_device_train_batch_size={batch}", f"learning_rate={lr}",
+          f"projector_lr={lr if projector_lr is None else projector_lr}",
           f"lora_r={lora_r}", f"lora_alpha={2 * lora_r}", "warmup_ratio=0.05", f"save_steps={max(max_steps // 3, 1)}",
           "save_total_limit=1", "logging_steps=1", "resume=true", *extra]],
         lambda: (output / "model").is_dir() and any((output / "model").iterdir()),
