@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.train < 1 or args.test < 1:
         parser.error("--train and --test must be >= 1")
+    if not (args.data / "images").is_dir():
+        parser.error(f"--data {args.data} has no images/ folder: pass a folder written by `vlm data shapes --out`")
     results = []
     for spec in args.tower:
         try:

@@ -59,3 +59,6 @@ def test_a_dataset_made_with_other_settings_is_refused(setup, capsys):
                                "--tower", f"random:local-dir:{setup / 'clip'}"])
     assert status == 1
     assert "exceeds the dataset's --n" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        probe_tower.main(["--data", str(setup), "--tower", f"random:local-dir:{setup / 'clip'}"])
+    assert "has no images/ folder" in capsys.readouterr().err

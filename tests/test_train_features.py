@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file
 
 from eval.shapes import write_shapes_dataset
-from tiny import TINY_CLIP_CONFIG
 from train.config import TrainConfig
 from train.dataset import prepare_dataset
 from train.features import FeatureCache, fill_cache, image_digest, tower_fingerprint
@@ -23,13 +22,6 @@ def shapes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     write_shapes_dataset(out, 12, seed=1, n_eval=1)
     return out
-
-
-@pytest.fixture(scope="module")
-def vision_json(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("vit") / "tiny-vit.json"
-    path.write_text(json.dumps(TINY_CLIP_CONFIG))
-    return str(path)
 
 
 def _config(tmp_path, shapes, llama_dir, vision_json, **overrides) -> TrainConfig:

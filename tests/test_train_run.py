@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from eval.shapes import write_shapes_dataset
-from tiny import TINY_CLIP_CONFIG
 from train.config import TrainConfig
 from train.run import run_training
 from vlm import VLMForCausalLM
@@ -22,13 +21,6 @@ def shapes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes")
     write_shapes_dataset(out, 16, seed=0, n_eval=1)
     return out
-
-
-@pytest.fixture(scope="module")
-def vision_json(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("vit") / "tiny-vit.json"
-    path.write_text(json.dumps(TINY_CLIP_CONFIG))
-    return str(path)
 
 
 def config(tmp_path: Path, shapes: Path, **overrides) -> TrainConfig:

@@ -204,7 +204,9 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, num_images, vision_features)
         elif pixel_values is not None or vision_features is not None:
-            raise ValueError("pixel_values need input_ids (the placeholders say where the images go), not inputs_embeds")
+            raise ValueError(
+                "pixel_values / vision_features need input_ids (the placeholders say where the images go), not inputs_embeds"
+            )
         if labeled_positions_only is None:
             labeled_positions_only = self.training
         split = _decoder_and_plain_head(self.language_model) if labels is not None and labeled_positions_only else None
