@@ -15,14 +15,16 @@ tokenizer and chat template by the training code (``train.dataset``): captions f
 1-3 turn QA for stage 2, eval questions for inference.
 
 Rows: a stage 1 step (projector trainable), a stage 2 LoRA step and a stage 2 full step
-(each forward + backward + AdamW step), with our labeled-positions LM head on and off (the
-issue's one optimization); time to first token and decode speed at batch 1 and 8.
+(each forward + backward + AdamW step); time to first token and decode speed at batch 1 and 8.
 
-Implementations: ``ours`` (VLMForCausalLM as training runs it), ``ours-plain`` (the same with
-``labeled_positions_only=False``: LM head on every position) and ``reference``
-(``LlavaForConditionalGeneration`` with the same weights, wrapped the same way by peft). The
-``ours-plain`` worker also alternates plain and labeled-positions steps in one process: a paired
-A/B of the optimization that load drift between workers cannot bias (column "on/off paired").
+Implementations: ``ours`` (VLMForCausalLM as training runs it by default: the LM head on
+labeled positions only), ``ours-plain`` (the same with ``labeled_positions_only=False``: LM head
+on every position), ``ours-fast`` (every optimization on: labeled positions, the vision-feature
+cache (``feature_cache=``) and compiled LLM layers (``torch_compile=true``), its compile paid in
+the warm-up steps) and ``reference`` (``LlavaForConditionalGeneration`` with the same weights,
+wrapped the same way by peft). The ``ours-plain`` worker also alternates plain and
+labeled-positions steps in one process, and the ``ours`` worker steps with pixels and with cached
+features: paired A/Bs of one optimization each that load drift between workers cannot bias.
 
 How figures are made:
 - time: median of ``--steps`` timed repetitions after ``--warmup`` untimed ones. Inference
@@ -78,7 +80,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ROWS = ("stage1", "lora", "full")
 INFER_ROWS = ("infer_b1", "infer_b8")
 ROWS = TRAIN_ROWS + INFER_ROWS
-IMPLS = ("ours", "ours-plain", "reference")
+IMPLS = ("ours", "ours-plain", "ours-fast", "reference")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ROW_TITLES = {
     "stage1": "stage 1 step (projector)",
@@ -206,8 +208,8 @@ def run_benchmark(settings: Settings, in_process: bool = False) -> dict[str, Any
     for dtype in settings.dtypes:
         for row in settings.rows:
             for impl in settings.impls:
-                if impl == "ours-plain" and row not in TRAIN_ROWS:
-                    continue  # the optimization only changes training steps
+                if impl in ("ours-plain", "ours-fast") and row not in TRAIN_ROWS:
+                    continue  # these optimizations only change training steps
                 print(f"running {row} / {impl} / {dtype} ...", file=sys.stderr)
                 if in_process:
                     records = run_worker(settings, row, impl, dtype)
@@ -476,6 +478,11 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
     inputs = dict(batch)
     if impl == "reference":
         inputs.pop("num_images")
+    if impl == "ours-fast":
+        from train.compile import compile_llm_layers
+
+        inputs = _with_cached_features(model, inputs)
+        compile_llm_layers(model)
 
     def step(labeled_positions_only: bool | None = None) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -487,7 +494,14 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
 
     rss_loaded = reset_peak_rss()
     paired = None
-    if impl == "ours-plain":
+    if impl == "ours-fast":
+        # The compile happens in the first steps (one graph, then one with dynamic shapes for the
+        # layers whose input needs a gradient); FlopCounterMode would see only part of the compiled
+        # work, so this worker counts no FLOPs (the plain computation's count is the model FLOPs).
+        for _ in range(2):
+            step()
+        times, flops = timed(step, settings.warmup, settings.steps, count_flops=False)
+    elif impl == "ours-plain":
         # The plain path's own figures, and a paired A/B of the optimization in this one process:
         # steps with the LM head on labeled positions only and on all of them alternate (in
         # alternating order), so both see the same machine load. `ours` (on) is the training default.
@@ -505,13 +519,12 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
     else:
         times, flops = timed(step, settings.warmup, settings.steps)
     cache_ab = None
-    if impl == "ours" and row == "stage1" and "pixel_values" in inputs:
-        # Stage 1 with the vision-feature cache (train.features): the tower's outputs, computed
-        # once, replace the pixels. Steps with pixels and with cached features alternate, as above.
-        with torch.no_grad():
-            features = model.vision_tower(inputs["pixel_values"])
+    if impl == "ours" and "pixel_values" in inputs:
+        # The vision-feature cache (train.features): the tower's outputs, computed once, replace
+        # the pixels; the tower is frozen in every stage. Steps with pixels and with cached
+        # features alternate, as above.
         pixel_inputs = inputs
-        cached_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"} | {"vision_features": features}
+        cached_inputs = _with_cached_features(model, inputs)
         pixels_s, cached_s = [], []
         for i in range(settings.steps):
             for use_cache in ((False, True) if i % 2 == 0 else (True, False)):
@@ -600,15 +613,27 @@ def time_inference(settings: Settings, model, row: str, impl: str, dtype: str, b
     ]
 
 
+def _with_cached_features(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch as training's feature cache feeds it: the frozen tower's outputs instead of pixels."""
+    vlm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with torch.no_grad():
+        features = vlm.vision_tower(inputs["pixel_values"])  # [N_img, 196, D_vis]
+    return {k: v for k, v in inputs.items() if k != "pixel_values"} | {"vision_features": features}
+
+
 def autocast(dtype: str):
     return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
 
 
-def timed(fn, warmup: int, steps: int) -> tuple[list[float], int]:
-    """Run ``fn`` ``warmup`` times (counting FLOPs on the first), then ``steps`` timed times."""
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+def timed(fn, warmup: int, steps: int, count_flops: bool = True) -> tuple[list[float], int]:
+    """Run ``fn`` ``warmup`` times (counting FLOPs on the first, unless told not to), then ``steps`` timed times."""
+    flops = 0
+    if count_flops:
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+            fn()
+        flops = counter.get_total_flops()
+    else:
         fn()
-    flops = counter.get_total_flops()
     for _ in range(warmup - 1):
         fn()
     times = []
@@ -692,12 +717,14 @@ def summarize(results: list[dict[str, Any]], peaks: dict[str, Any]) -> list[dict
     dtypes = list(dict.fromkeys(r["dtype"] for r in results))
     for dtype in dtypes:
         for row in order:
-            for impl in ("ours", "ours-plain"):
+            for impl in ("ours", "ours-plain", "ours-fast"):
                 ours = by_key.get((row, impl, dtype))
                 if ours is None:
                     continue
                 reference = by_key.get((row, "reference", dtype))
                 model_source = by_key.get((row, "ours-plain", dtype)) or by_key.get((row, "ours", dtype))
+                if model_source is None:
+                    raise ValueError(f"row {row}: run `ours` or `ours-plain` too: `ours-fast` counts no FLOPs")
                 model_flops = model_source["executed_flops"]  # the plain computation's, when measured
                 seconds = ours["median_s"]
                 decode = row.startswith("decode")
@@ -725,6 +752,8 @@ def summarize(results: list[dict[str, Any]], peaks: dict[str, Any]) -> list[dict
 def _title(line: dict[str, Any]) -> str:
     row = line["row"]
     if row in ROW_TITLES:
+        if line["impl"] == "ours-fast":
+            return f"{ROW_TITLES[row]}, all optimizations (labeled positions, feature cache, compiled LLM layers)"
         head = "labeled positions" if line["impl"] == "ours" else "all positions"
         return f"{ROW_TITLES[row]}, LM head on {head}"
     kind, batch = row.split("_b")
@@ -792,7 +821,7 @@ def render_report(report: dict[str, Any]) -> str:
         if record.get("feature_cache_ab"):
             ab = record["feature_cache_ab"]
             lines.append(
-                f"stage 1 with the vision-feature cache (feature_cache=DIR; {record['dtype']}): "
+                f"{ROW_TITLES[record['row']]} with the vision-feature cache (feature_cache=DIR; {record['dtype']}): "
                 f"{1e3 * statistics.median(ab['cached_s']):.1f} ms per step vs {1e3 * statistics.median(ab['pixels_s']):.1f} ms "
                 f"with pixels, {ab['speedup']:.2f}x (median over pairs of alternating steps in one process)"
             )

@@ -1,4 +1,5 @@
-"""Issue 8's one optimization: the LM head and the loss only at labeled positions.
+"""Issue 8's optimizations keep the loss and the gradients: the LM head and the loss only at
+labeled positions, the vision-feature cache, and the compiled LLM layers (``torch_compile``).
 
 ``VLMForCausalLM.forward(..., labeled_positions_only=True)`` runs the LLM's decoder to hidden
 states and projects onto the vocabulary only the positions whose shifted label is learned.
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from tiny import build_tiny_vlm, make_image
+from train.compile import compile_llm_layers
 from train.config import TrainConfig
 from train.dataset import VLMCollator
 from train.labels import tokenize_conversation
@@ -142,3 +144,37 @@ def test_llm_with_logit_post_processing_falls_back(vlm):
     model.language_model.config.final_logit_softcapping = 30.0
     out = model(**batch, labeled_positions_only=True)
     assert out.logits.shape == (*batch["input_ids"].shape, model.config.text_config.vocab_size)
+
+
+def test_every_optimization_on_equals_every_optimization_off(llama_dir):
+    """LoRA training as the demo runs it, plain (LM head everywhere, pixels, eager) against all
+    optimizations at once (labeled positions, cached tower features, compiled LLM layers)."""
+    model, processor = build_tiny_vlm(llama_dir)
+    cfg = TrainConfig(stage="sft", init_from="unused", data=["unused"], lora=True, lora_r=4, lora_alpha=8)
+    peft_model = apply_stage(model, cfg).train()
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    batch = _training_batch(processor)
+    plain, grads_plain = _loss_and_grads(peft_model, batch, False)
+    names_before = [n for n, _ in peft_model.named_parameters()]
+    assert compile_llm_layers(peft_model) == model.config.text_config.num_hidden_layers
+    assert all(layer._compiled_call_impl is not None for layer in model.language_model.get_decoder().layers)
+    assert [n for n, _ in peft_model.named_parameters()] == names_before  # checkpoints keep their keys
+    with torch.no_grad():
+        features = model.vision_tower(batch["pixel_values"])
+    cached = {k: v for k, v in batch.items() if k != "pixel_values"} | {"vision_features": features}
+    fast, grads_fast = _loss_and_grads(peft_model, cached, True)
+    _assert_same(plain, fast, grads_plain, grads_fast, rtol=1e-4, atol=1e-5)
+    assert any("lora_A" in n for n in grads_fast) and any("projector" in n for n in grads_fast)
+
+
+def test_training_forward_builds_no_kv_cache(vlm):
+    model, processor = vlm
+    batch = _training_batch(processor)
+    assert model(**batch).cache is None
+    assert model(**batch, labeled_positions_only=False).cache is None
+    model.eval()
+    with torch.no_grad():
+        assert model(**{k: v for k, v in batch.items() if k != "labels"}).cache is not None  # inference keeps it

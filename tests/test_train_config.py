@@ -35,3 +35,13 @@ def test_invalid_combinations_fail_at_load_time_with_every_problem_listed():
         load_config("pretrain", ["learning_rat=1"])
     with pytest.raises(ValueError, match="stage=sft needs init_from"):
         load_config("sft", ["data=[a.json]", "init_from=null"])
+
+
+def test_torch_compile_is_refused_with_zero3_shipped_or_from_a_file(tmp_path):
+    with pytest.raises(ValueError, match="torch_compile=true is not supported with ZeRO-3"):
+        load_config("sft_lora", ["data=[a.json]", "torch_compile=true", "deepspeed=zero3"])
+    own = tmp_path / "my_zero.json"
+    own.write_text('{"zero_optimization": {"stage": 3}}')
+    with pytest.raises(ValueError, match="ZeRO-3"):
+        load_config("sft_lora", ["data=[a.json]", "torch_compile=true", f"deepspeed={own}"])
+    assert load_config("sft_lora", ["data=[a.json]", "torch_compile=true", "deepspeed=zero2"]).torch_compile

@@ -23,6 +23,7 @@ from transformers import TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from projector import calibrate_projector
+from train.compile import compile_llm_layers
 from train.config import TrainConfig
 from train.dataset import VLMCollator, prepare_dataset
 from train.features import FeatureCache, fill_cache, tower_fingerprint
@@ -174,6 +175,8 @@ def run_training(cfg: TrainConfig) -> Path:
         log(f"feature cache {cache.folder}: {stats['images']} images, {stats['computed']} computed now, {stats['reused']} reused")
     if cfg.projector_init == "calibrate" and not resume_from:
         log(f"projector_init=calibrate: {calibrate_on_dataset(model, dataset, cfg.calibration_images)}")
+    if cfg.torch_compile:
+        log(f"torch_compile: {compile_llm_layers(model)} LLM decoder layers compiled in place (the first steps pay the compile)")
     args = training_arguments(cfg)
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)

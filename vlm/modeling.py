@@ -209,6 +209,11 @@ class VLMForCausalLM(PreTrainedModel, GenerationMixin):
             )
         if labeled_positions_only is None:
             labeled_positions_only = self.training
+        if use_cache is None and self.training and labels is not None:
+            # A training step has no use for a KV cache (the LLM's config says use_cache=True
+            # for generation); without one, every decoder layer runs the same code, which is
+            # also what lets one compiled graph serve all layers (torch_compile).
+            use_cache = False
         split = _decoder_and_plain_head(self.language_model) if labels is not None and labeled_positions_only else None
         if split is not None and isinstance(logits_to_keep, int) and logits_to_keep == 0 and "shift_labels" not in kwargs:
             decoder, head = split
