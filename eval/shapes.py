@@ -646,6 +646,7 @@ def _instruct_record(scene: Scene, stem: str, multi_turn_fraction: float, max_tu
     order = list(rng.sample(tasks, min(n_turns, len(tasks))))
     qas: list[QA] = []
     asked: set[tuple[str, ...]] = set()
+    named: set[str] = set()  # colours and kinds that earlier turns told something about
     tries = 0
     while len(qas) < n_turns and tries < _TURN_TRIES * n_turns:
         if not order:
@@ -654,10 +655,17 @@ def _instruct_record(scene: Scene, stem: str, multi_turn_fraction: float, max_tu
         qa = make_qa(scene, task, rng)
         assert qa is not None, f"{stem}: feasible task {task} gave no question"
         tries += 1
-        key = _question_key(qa)
-        if key in asked:
+        key, subjects = _question_key(qa), _subjects(qa)
+        # A colour, shape or existence question about a colour or kind that an earlier turn told
+        # something about could be answered from the text instead of the image ("Which shape is
+        # yellow?" "triangle" -> "What color is the triangle?", "Is there a yellow triangle?"):
+        # the eval asks single questions, so such turns would teach a shortcut. Positions,
+        # counts and comparisons stay: the conversation does not tell them.
+        if key in asked or (qa.task in _ANSWERABLE_FROM_NAMES and subjects & named):
             continue
         asked.add(key)
+        if qa.task in _ANSWERABLE_FROM_NAMES or qa.task == "position" or qa.answer == "0":
+            named |= subjects  # they say which colour goes with which kind, or that one is absent
         qas.append(qa)
     conversations = []
     for turn, qa in enumerate(qas):
@@ -668,6 +676,14 @@ def _instruct_record(scene: Scene, stem: str, multi_turn_fraction: float, max_tu
 
 
 _SUBJECT_WORDS = frozenset(COLORS) | frozenset(KINDS) | frozenset(_PLURALS.values())
+_SINGULAR = {plural: kind for kind, plural in _PLURALS.items()}
+_ANSWERABLE_FROM_NAMES = ("color", "shape", "existence")
+
+
+def _subjects(qa: QA) -> set[str]:
+    """The colours and kinds (singular) a question and its answer name."""
+    words = re.findall(r"[a-z]+", f"{qa.question} {qa.answer}".lower())
+    return {_SINGULAR.get(w, w) for w in words if w in _SUBJECT_WORDS}
 
 
 def _question_key(qa: QA) -> tuple[str, ...]:
@@ -718,11 +734,13 @@ def write_shapes_dataset(
         parts: which of "captions", "instruct", "eval" to write.
         config: how scenes are sampled; the default is the published dataset.
         multi_turn_fraction: share of instruct conversations with 2 to `max_turns` QA turns instead of one.
-        max_turns: most QA turns of a multi-turn conversation (2-16). Each feasible task is asked
-            once before any task is asked again about another subject; no question repeats within a
-            conversation (a scene with few distinct questions gets fewer turns). More turns give
-            more supervised answers per image for little more compute: the 196 image tokens are
-            paid once per conversation, a turn costs about 20 text tokens.
+        max_turns: most QA turns of a multi-turn conversation (2-16). Tasks are drawn in rounds
+            (each feasible task once per round); a later colour, shape or existence question never
+            names a colour or kind that an earlier question or answer named, so none can be
+            answered from the conversation instead of the image, and no question repeats (a scene
+            with few such questions gets fewer turns). More turns give more supervised answers per image for little more
+            compute: the 196 image tokens are paid once per conversation, a turn costs about 20
+            text tokens.
         progress: show a tqdm progress bar.
 
     Returns:

@@ -54,6 +54,18 @@ def _loss_and_grads(model, batch, labeled_positions_only, **kwargs):
     return out, grads
 
 
+def _lora_model(model):
+    """The model wrapped by peft LoRA as stage 2 wraps it (no dropout), in training mode."""
+    cfg = TrainConfig(stage="sft", init_from="unused", data=["unused"], lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    peft_model = apply_stage(model, cfg).train()
+    # make the adapters non-trivial so their B matrices, initialised to zero, do not hide a difference
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return peft_model
+
+
 def _assert_same(plain, fast, grads_plain, grads_fast, **tolerance):
     torch.testing.assert_close(fast.loss, plain.loss, **tolerance)
     assert grads_plain.keys() == grads_fast.keys() and grads_plain
@@ -121,14 +133,7 @@ def test_loss_and_gradients_equal_the_plain_path_bf16_autocast(vlm):
 
 def test_under_peft_lora_as_training_wraps_it(vlm):
     model, processor = vlm
-    cfg = TrainConfig(stage="sft", init_from="unused", data=["unused"], lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
-    peft_model = apply_stage(model, cfg)
-    peft_model.train()
-    # make the adapters non-trivial so their B matrices, initialised to zero, do not hide a difference
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    peft_model = _lora_model(model)
     batch = _training_batch(processor)
     plain, grads_plain = _loss_and_grads(peft_model, batch, False)
     fast, grads_fast = _loss_and_grads(peft_model, batch, True)
@@ -150,12 +155,7 @@ def test_every_optimization_on_equals_every_optimization_off(llama_dir):
     """LoRA training as the demo runs it, plain (LM head everywhere, pixels, eager) against all
     optimizations at once (labeled positions, cached tower features, compiled LLM layers)."""
     model, processor = build_tiny_vlm(llama_dir)
-    cfg = TrainConfig(stage="sft", init_from="unused", data=["unused"], lora=True, lora_r=4, lora_alpha=8)
-    peft_model = apply_stage(model, cfg).train()
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
+    peft_model = _lora_model(model)
     batch = _training_batch(processor)
     plain, grads_plain = _loss_and_grads(peft_model, batch, False)
     names_before = [n for n, _ in peft_model.named_parameters()]

@@ -490,7 +490,7 @@ def test_max_turns_asks_more_distinct_tasks_per_image(tmp_path: Path) -> None:
     )
     assert max(len(r["conversations"]) // 2 for r in default) == 3
     turns = [len(r["conversations"]) // 2 for r in long]
-    assert min(turns) >= 2 and 10 <= max(turns) <= 12
+    assert min(turns) >= 2 and 6 <= max(turns) <= 12 and sum(turns) > 1.5 * sum(len(r["conversations"]) // 2 for r in default)
     repeated = 0
     for record in long:
         scene = sample_scene(scene_seed(0, "train", int(record["id"].rsplit("_", 1)[1])))
@@ -499,17 +499,35 @@ def test_max_turns_asks_more_distinct_tasks_per_image(tmp_path: Path) -> None:
         assert record["conversations"][0]["value"].startswith("<image>\n")
         assert not any("<image>" in q for q in questions)
         tasks = [_task_of(q) for q in questions]
-        feasible = feasible_tasks(scene)
-        # every feasible task is asked once before any task is asked twice
-        first = tasks[: len(feasible)]
-        assert len(set(first)) == len(first) and set(first) <= set(feasible), (record["id"], tasks)
-        repeated += len(tasks) > len(feasible)
+        repeated += len(tasks) > len(feasible_tasks(scene))
         # a repeat asks about another subject: no question twice, in any phrasing
         subjects = [(task, *_COLOR_RE.findall(q), *_KIND_RE.findall(q)) for task, q in zip(tasks, questions, strict=True)]
         assert len(set(subjects)) == len(subjects), (record["id"], questions)
         for task, question, answer in zip(tasks, questions, answers, strict=True):
             assert answer == _expected_answer(scene, task, question), (record["id"], question)
+        _assert_no_turn_answered_by_the_conversation(record["id"], tasks, questions, answers)
     assert repeated >= 10  # scenes have 3-6 feasible tasks, so long conversations repeat tasks
+
+
+def _assert_no_turn_answered_by_the_conversation(record_id: str, tasks: list[str], questions: list[str], answers: list[str]) -> None:
+    """No colour, shape or existence question names a colour or kind that an earlier colour, shape,
+    existence or position turn (which pair colours with kinds) or a count of 0 spoke about."""
+    told: set[str] = set()
+    for task, question, answer in zip(tasks, questions, answers, strict=True):
+        named = set(_COLOR_RE.findall(f"{question} {answer}")) | set(_KIND_RE.findall(f"{question} {answer}"))
+        if task in ("color", "shape", "existence"):
+            assert not named & told, (record_id, question, told)
+        if task in ("color", "shape", "existence", "position") or answer == "0":
+            told |= named
+
+
+def test_default_conversations_cannot_be_answered_from_earlier_turns(dataset: Path) -> None:
+    records = _load(dataset)["instruct"]
+    assert any(len(r["conversations"]) > 2 for r in records)
+    for record in records:
+        questions = [turn["value"].removeprefix("<image>\n") for turn in record["conversations"][0::2]]
+        answers = [turn["value"] for turn in record["conversations"][1::2]]
+        _assert_no_turn_answered_by_the_conversation(record["id"], [_task_of(q) for q in questions], questions, answers)
 
 
 def _task_of(question: str) -> str:

@@ -309,7 +309,8 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     shapes.add_argument("--multi-turn-fraction", type=float, default=0.5,
                         help="share of instruction conversations with several QA turns (default: 0.5)")
     shapes.add_argument("--max-turns", type=int, default=3,
-                        help="most QA turns in a multi-turn conversation, 2-16; past the number of feasible tasks, tasks repeat about other subjects (default: 3)")
+                        help="most QA turns in a multi-turn conversation, 2-16; tasks repeat about other subjects, and no later "
+                             "turn can be answered from the earlier ones instead of the image (default: 3)")
     shapes.set_defaults(run=_run_data_shapes)
     nlvr = kinds.add_parser(
         "nlvr",
