@@ -535,6 +535,20 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
         inputs = pixel_inputs
         cache_ab = {"pixels_s": pixels_s, "cached_s": cached_s,
                     "speedup": statistics.median(p / q for p, q in zip(pixels_s, cached_s))}
+    dropout_ab = None
+    if impl == "ours" and row == "lora":
+        # LoRA dropout 0.05 (LLaVA-1.5's recipe) against 0 (peft's and our default, the rows above):
+        # steps with nn.Dropout(0.05) and with nn.Identity on every LoRA input alternate.
+        with_s, without_s = [], []
+        for i in range(settings.steps):
+            for p in ((0.05, 0.0) if i % 2 == 0 else (0.0, 0.05)):
+                _set_lora_dropout(model, p)
+                start = time.perf_counter()
+                step()
+                (with_s if p else without_s).append(time.perf_counter() - start)
+        _set_lora_dropout(model, 0.0)
+        dropout_ab = {"dropout_s": with_s, "no_dropout_s": without_s,
+                      "speedup": statistics.median(a / b for a, b in zip(with_s, without_s))}
     record = {
         "row": row, "impl": impl, "dtype": dtype, "batch": int(batch["input_ids"].shape[0]),
         "median_s": statistics.median(times), "times_s": times, "executed_flops": flops,
@@ -546,6 +560,8 @@ def time_training(settings: Settings, model, row: str, impl: str, dtype: str, ba
         record["paired_ab"] = paired
     if cache_ab:
         record["feature_cache_ab"] = cache_ab
+    if dropout_ab:
+        record["lora_dropout_ab"] = dropout_ab
     if settings.profile and impl == "ours":
         record["profile"] = profile_one(step)
     return [record]
@@ -611,6 +627,17 @@ def time_inference(settings: Settings, model, row: str, impl: str, dtype: str, b
         {**common, "row": f"decode_b{size}", "median_s": statistics.median(decode), "times_s": decode,
          "executed_flops": (total_flops - prefill_flops) / (n - 1), "tokens": size},
     ]
+
+
+def _set_lora_dropout(model, p: float) -> None:
+    """Give every LoRA layer of a peft model dropout ``p`` on its input (``nn.Identity`` for 0, as peft builds it)."""
+    from torch import nn
+
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, nn.ModuleDict):
+            for name in list(dropouts):
+                dropouts[name] = nn.Dropout(p) if p else nn.Identity()
 
 
 def _with_cached_features(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -824,6 +851,14 @@ def render_report(report: dict[str, Any]) -> str:
                 f"{ROW_TITLES[record['row']]} with the vision-feature cache (feature_cache=DIR; {record['dtype']}): "
                 f"{1e3 * statistics.median(ab['cached_s']):.1f} ms per step vs {1e3 * statistics.median(ab['pixels_s']):.1f} ms "
                 f"with pixels, {ab['speedup']:.2f}x (median over pairs of alternating steps in one process)"
+            )
+    for record in report["results"]:
+        if record.get("lora_dropout_ab"):
+            ab = record["lora_dropout_ab"]
+            lines.append(
+                f"stage 2 LoRA step with LoRA dropout 0.05 (LLaVA-1.5's recipe) instead of 0 (the rows above; {record['dtype']}): "
+                f"{1e3 * statistics.median(ab['dropout_s']):.1f} ms vs {1e3 * statistics.median(ab['no_dropout_s']):.1f} ms, "
+                f"{ab['speedup']:.2f}x slower (median over pairs of alternating steps in one process)"
             )
     lines.append(f"wall time {report['wall_s']:.0f} s")
     for record in report["results"]:

@@ -46,10 +46,10 @@ def test_cpu_attention_kernels_are_counted():
 @needs_smollm2
 def test_quick_run_in_process_fills_every_column(tmp_path, capsys):
     out = tmp_path / "speed.json"
-    speed.main(["--quick", "--in-process", "--rows", "stage1", "infer_b1", "--dtype", "fp32", "--steps", "1", "--out", str(out)])
+    speed.main(["--quick", "--in-process", "--rows", "stage1", "lora", "infer_b1", "--dtype", "fp32", "--steps", "1", "--out", str(out)])
     report = json.loads(out.read_text())
     got = {(r["row"], r["impl"]) for r in report["results"]}
-    assert got == {(row, impl) for row in ("stage1",) for impl in speed.IMPLS} | {
+    assert got == {(row, impl) for row in ("stage1", "lora") for impl in speed.IMPLS} | {
         (row, impl) for row in ("ttft_b1", "decode_b1") for impl in ("ours", "reference")
     }
     for record in report["results"]:
@@ -62,8 +62,11 @@ def test_quick_run_in_process_fills_every_column(tmp_path, capsys):
     executed = {r["impl"]: r["executed_flops"] for r in report["results"] if r["row"] == "stage1"}
     assert executed["ours"] < executed["ours-plain"]  # the LM head ran on fewer positions
     cache = [r["feature_cache_ab"] for r in report["results"] if "feature_cache_ab" in r]
-    assert [r["row"] for r in report["results"] if "feature_cache_ab" in r] == ["stage1"] * len(cache) and cache
+    assert [r["row"] for r in report["results"] if "feature_cache_ab" in r] == ["stage1", "lora"]
     assert all(len(ab["pixels_s"]) == len(ab["cached_s"]) > 0 and ab["speedup"] > 0 for ab in cache)
+    dropout = [(r["row"], r["impl"], r["lora_dropout_ab"]) for r in report["results"] if "lora_dropout_ab" in r]
+    assert [row_impl for *row_impl, _ in dropout] == [["lora", "ours"]]
+    assert len(dropout[0][2]["dropout_s"]) == len(dropout[0][2]["no_dropout_s"]) == 1 and dropout[0][2]["speedup"] > 0
     paired = next(r["paired_ab"] for r in report["results"] if r["impl"] == "ours-plain")
     assert len(paired["plain_s"]) == len(paired["labeled_s"]) == 1 and on["paired_speedup"] == paired["speedup"] > 0
     for line in report["summary"]:
@@ -75,6 +78,7 @@ def test_quick_run_in_process_fills_every_column(tmp_path, capsys):
     assert "| row | dtype | ours ms | reference ms | ours/ref |" in printed and "decode, per token, batch 1" in printed
     assert "stage 1 step (projector) with the vision-feature cache" in printed
     assert "stage 1 step (projector), all optimizations" in printed
+    assert "stage 2 LoRA step with LoRA dropout 0.05 (LLaVA-1.5's recipe) instead of 0" in printed
 
 
 @needs_smollm2
