@@ -844,22 +844,20 @@ def render_report(report: dict[str, Any]) -> str:
                  "computation (LM head on all positions), per step / prefill / decode step. load: 1-min load average at "
                  "the worker's start and end (2 cores; other work on the machine slows every figure, and an MFU above 100% "
                  "means the peak was measured while other work ran).")
-    for record in report["results"]:
-        if record.get("feature_cache_ab"):
-            ab = record["feature_cache_ab"]
-            lines.append(
-                f"{ROW_TITLES[record['row']]} with the vision-feature cache (feature_cache=DIR; {record['dtype']}): "
-                f"{1e3 * statistics.median(ab['cached_s']):.1f} ms per step vs {1e3 * statistics.median(ab['pixels_s']):.1f} ms "
-                f"with pixels, {ab['speedup']:.2f}x (median over pairs of alternating steps in one process)"
-            )
-    for record in report["results"]:
-        if record.get("lora_dropout_ab"):
-            ab = record["lora_dropout_ab"]
-            lines.append(
-                f"stage 2 LoRA step with LoRA dropout 0.05 (LLaVA-1.5's recipe) instead of 0 (the rows above; {record['dtype']}): "
-                f"{1e3 * statistics.median(ab['dropout_s']):.1f} ms vs {1e3 * statistics.median(ab['no_dropout_s']):.1f} ms, "
-                f"{ab['speedup']:.2f}x slower (median over pairs of alternating steps in one process)"
-            )
+    # The paired A/Bs of one optimization each: (record key, what is compared, slow side, fast side).
+    paired_abs = (
+        ("feature_cache_ab", "with the vision-feature cache (feature_cache=DIR) vs pixels", "pixels_s", "cached_s"),
+        ("lora_dropout_ab", "without LoRA dropout (the rows above) vs 0.05 (LLaVA-1.5's recipe)", "dropout_s", "no_dropout_s"),
+    )
+    for key, what, slow, fast in paired_abs:
+        for record in report["results"]:
+            if record.get(key):
+                ab = record[key]
+                lines.append(
+                    f"{ROW_TITLES[record['row']]} {what} ({record['dtype']}): {1e3 * statistics.median(ab[fast]):.1f} ms "
+                    f"per step vs {1e3 * statistics.median(ab[slow]):.1f} ms, {ab['speedup']:.2f}x faster "
+                    "(median over pairs of alternating steps in one process)"
+                )
     lines.append(f"wall time {report['wall_s']:.0f} s")
     for record in report["results"]:
         if record.get("profile"):
