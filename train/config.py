@@ -74,7 +74,7 @@ class TrainConfig:
     lora_dropout: float = 0.0
     """Dropout on the LoRA input (peft's and LLaMA-Factory's default 0; LLaVA-1.5 uses 0.05, as
     ``sft_lora.yaml`` does). On a CPU it is not free: drawing the masks of the 7 LoRA inputs of
-    every layer made a SmolLM2-135M LoRA step ~30% slower here (see benchmarks/README.md)."""
+    every layer made a SmolLM2-135M LoRA step 16-31% slower here (see benchmarks/README.md)."""
     lora_target_modules: str | list[str] = "all-linear"
     """``all-linear`` (every Linear of the LLM but ``lm_head``; never the vision tower or projector) or a list of module-name suffixes."""
 
