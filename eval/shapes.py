@@ -736,11 +736,11 @@ def write_shapes_dataset(
         multi_turn_fraction: share of instruct conversations with 2 to `max_turns` QA turns instead of one.
         max_turns: most QA turns of a multi-turn conversation (2-16). Tasks are drawn in rounds
             (each feasible task once per round); a later colour, shape or existence question never
-            names a colour or kind that an earlier question or answer named, so none can be
-            answered from the conversation instead of the image, and no question repeats (a scene
-            with few such questions gets fewer turns). More turns give more supervised answers per image for little more
-            compute: the 196 image tokens are paid once per conversation, a turn costs about 20
-            text tokens.
+            names a colour or kind that an earlier colour, shape, existence or position turn (or a
+            count answered 0) named, so none can be answered from the conversation instead of the
+            image, and no question repeats (a scene with few such questions gets fewer turns).
+            More turns give more supervised answers per image for little more compute: the 196
+            image tokens are paid once per conversation, a turn costs about 20 text tokens.
         progress: show a tqdm progress bar.
 
     Returns:
