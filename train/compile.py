@@ -6,7 +6,8 @@ about one layer's time. Compiling the whole VLM instead would break the graph at
 checks of ``VLMForCausalLM.embed_inputs`` and recompile for every new batch shape; the frozen vision
 tower runs under ``no_grad`` (or not at all with ``feature_cache``). accelerate's
 ``compile_regions_deepspeed`` does the in-place ``Module.compile()`` per block, which keeps parameter
-names (checkpoints, the merge and ZeRO-2 see the same model).
+names (checkpoints and the merge see the same model). Checked single-process; ZeRO-3 is refused
+by the config.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ and validates everything in one place, before any model is built.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +111,9 @@ class TrainConfig:
     torch_compile: bool = False
     """Compile each decoder layer of the LLM with ``torch.compile`` (regional compilation: one
     graph serves every layer, so compiling costs about one layer's time, ~1 min on a CPU, paid at the
-    first steps). Fuses the element-wise work around the matrix products: 10-17% faster steps
-    measured here (see benchmarks/README.md); worth it for runs longer than a few minutes. Needs a
+    first steps). Fuses the element-wise work around the matrix products: 10-17% faster steps in a
+    2-thread probe here, less in the 1-thread benchmark (see benchmarks/README.md); worth trying
+    for runs longer than a few minutes. Needs a
     C++ compiler on CPUs (inductor). Checked single-process (loss and gradients equal the eager
     ones); not with ZeRO-3, whose hooks gather each layer's weights."""
     seed: int = 42
@@ -183,8 +185,6 @@ class TrainConfig:
 
 def _zero_stage(deepspeed_path: str | None) -> int | None:
     """The ZeRO stage a DeepSpeed config file asks for (None: unreadable or not given)."""
-    import json
-
     try:
         return int(json.loads(Path(str(deepspeed_path)).read_text()).get("zero_optimization", {}).get("stage", 0))
     except (OSError, ValueError, TypeError, AttributeError):
