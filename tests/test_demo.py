@@ -103,7 +103,6 @@ def test_the_plan_chains_each_output_into_the_next_step(tmp_path):
     assert f"vision_model=local-dir:{tmp_path / 'clip'}" in by_name["stage1"] and "llm=smollm2-135m-instruct" in by_name["stage1"]
     assert f"init_from={tmp_path / 'stage1' / 'model'}" in by_name["stage2"] and "deepspeed=zero2" in by_name["stage2"]
     assert "--num_gpus 2" in by_name["stage2"] and "sft_lora" in by_name["stage2"]
-    assert "group_by_length=true" in by_name["stage2"]
     assert f"merge {tmp_path / 'stage2'} --out {tmp_path / 'merged'}" in by_name["merge"]
     assert f"--model {tmp_path / 'merged'}" in by_name["blank"] and "--images blank" in by_name["blank"]
     assert f"--model {tmp_path / 'stage1' / 'model'}" in by_name["no-image"] and "--images none" in by_name["no-image"]

@@ -232,8 +232,6 @@ def _stage2_step(name: str, title: str, python: str, init_from: Path, data: Path
           f"projector_lr={lr if projector_lr is None else projector_lr}",
           # lora_dropout=0 (sft_lora.yaml keeps LLaVA's 0.05): on a CPU its masks make a step 16-31% slower
           f"lora_r={lora_r}", f"lora_alpha={2 * lora_r}", "lora_dropout=0", "warmup_ratio=0.05",
-          # random batches of 4 conversations are ~12% padding (~28% with 16 turns), length-grouped ones ~1%
-          "group_by_length=true",
           f"save_steps={max(max_steps // 3, 1)}",
           "save_total_limit=1", "logging_steps=1", "resume=true", *extra]],
         lambda: (output / "model").is_dir() and any((output / "model").iterdir()),
