@@ -631,13 +631,11 @@ def time_inference(settings: Settings, model, row: str, impl: str, dtype: str, b
 
 def _set_lora_dropout(model, p: float) -> None:
     """Give every LoRA layer of a peft model dropout ``p`` on its input (``nn.Identity`` for 0, as peft builds it)."""
-    from torch import nn
-
     for module in model.modules():
         dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, nn.ModuleDict):
+        if isinstance(dropouts, torch.nn.ModuleDict):
             for name in list(dropouts):
-                dropouts[name] = nn.Dropout(p) if p else nn.Identity()
+                dropouts[name] = torch.nn.Dropout(p) if p else torch.nn.Identity()
 
 
 def _with_cached_features(model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -113,9 +113,9 @@ class TrainConfig:
     graph serves every layer, so compiling costs about one layer's time, ~1 min on a CPU, paid at the
     first steps). Fuses the element-wise work around the matrix products: 10-17% faster steps in a
     2-thread probe here, less in the 1-thread benchmark (see benchmarks/README.md); worth trying
-    for runs longer than a few minutes. Needs a
-    C++ compiler on CPUs (inductor). Checked single-process (loss and gradients equal the eager
-    ones); not with ZeRO-3, whose hooks gather each layer's weights."""
+    for runs longer than a few minutes. Needs a C++ compiler on CPUs (inductor). Checked
+    single-process (loss and gradients equal the eager ones); not with ZeRO-3, whose hooks gather
+    each layer's weights."""
     seed: int = 42
     """Seed for model init, data order and dropout."""
     bf16: bool | None = None
