@@ -181,7 +181,12 @@ def batches(examples: list[dict[str, Any]], features: dict[str, torch.Tensor], b
 
 def train(model: torch.nn.Module, examples: list[dict[str, Any]], features: dict[str, torch.Tensor], args: SimpleNamespace,
           collate: VLMCollator, on_step=None) -> list[float]:
-    """AdamW + linear warmup + cosine decay, gradient clipping at 1; returns the loss of each step."""
+    """AdamW + linear warmup + cosine decay, gradient clipping at 1; returns the loss of each step.
+
+    The warmup reaches a step's share one step earlier than transformers'
+    ``get_cosine_schedule_with_warmup`` (which starts at 0); the README's curves were measured with
+    this schedule, so it stays as measured.
+    """
     projector = [p for n, p in model.named_parameters() if p.requires_grad and "projector" in n]
     rest = [p for n, p in model.named_parameters() if p.requires_grad and "projector" not in n]
     groups = [{"params": projector, "lr": args.projector_lr}]
@@ -241,6 +246,7 @@ def common_prefix(rows: list[torch.Tensor]) -> int:
 @torch.no_grad()
 def evaluate(model: VLMForCausalLM, items: list[dict[str, Any]], features: dict[str, torch.Tensor], pad_id: int) -> dict[str, Any]:
     """Teacher-forced exact match per task; the image prefix runs once per image (KV cache)."""
+    was_training = model.training
     model.eval()
     right: dict[str, list[int]] = defaultdict(list)
     predictions: list[list[int]] = []  # each question's argmax tokens at its answer positions, item order
@@ -271,7 +277,7 @@ def evaluate(model: VLMForCausalLM, items: list[dict[str, Any]], features: dict[
             predicted = logits[k, at - 1].argmax(-1)
             predictions.append(predicted.tolist())
             right[q["task"]].append(int(torch.equal(predicted, labels[at])))
-    model.train()
+    model.train(was_training)
     tasks = {task: 100.0 * sum(v) / len(v) for task, v in sorted(right.items())}
     every = [x for v in right.values() for x in v]
     return {"tasks": tasks, "overall": 100.0 * sum(every) / len(every), "questions": len(every), "predictions": predictions}
@@ -318,8 +324,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Stop at once, saying what is missing, before any model is loaded."""
+    work = Path(args.workdir)
+    data = work / "data"
+    needed = [Path(args.data) if args.data else data / "instruct.json", data / "eval.json", data / "captions.json"]
+    init = Path(args.init) if args.init else work / "stage1" / "model"
+    missing = [str(p) for p in needed if not p.is_file()]
+    if not (init / "config.json").is_file():
+        missing.append(f"{init}/config.json (a saved VLM: the demo's stage-1 model, or --init)")
+    if missing:
+        raise SystemExit(f"{work} is not a finished `vlm demo` workdir (run `vlm demo --workdir {work}` first); "
+                         f"missing: {', '.join(missing)}")
+    numbers = {"--steps": (args.steps, 0), "--batch": (args.batch, 1), "--eval-every": (args.eval_every, 1),
+               "--stage1-batch": (args.stage1_batch, 1), "--align-steps": (args.align_steps, 1),
+               "--align-images": (args.align_images, 2), "--lora-r": (args.lora_r, 0), "--threads": (args.threads, 1)}
+    for flag, (value, least) in numbers.items():
+        if value < least:
+            raise SystemExit(f"{flag} must be >= {least}, got {value}")
+    if args.stage1_steps is not None and args.stage1_steps < 0:
+        raise SystemExit(f"--stage1-steps must be >= 0, got {args.stage1_steps}")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    check_inputs(args)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)

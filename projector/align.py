@@ -90,6 +90,9 @@ def align_projector_to_words(
         raise ValueError(f"features must be (N, T, D_vis) for N={len(captions)} captions, got {tuple(features.shape)}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
+    linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("align_projector_to_words needs a projector with at least one nn.Linear (its output is rescaled)")
     words = caption_vocabulary(captions, min_count=min(5, max(1, len(captions) // 20)))
     if not words:
         raise ValueError("no caption word is both frequent enough and informative (in at most half of the captions)")
@@ -122,13 +125,13 @@ def align_projector_to_words(
         loss.backward()
         optimizer.step()
         last = loss.item()
-        first = last if step == 1 else first
+        if step == 1:
+            first = last
         if progress is not None:
             progress(step, last)
     with torch.no_grad():
         sample = torch.arange(min(len(captions), 256))
         accuracy = ((logits_of(sample) > 0).float() == present[sample]).float().mean().item()
-        linears = [m for m in projector.modules() if isinstance(m, nn.Linear)]
         norm = projector(features[sample].float()).norm(dim=-1).mean().clamp_min(1e-12)
         factor = target_norm / norm
         linears[-1].weight.mul_(factor)

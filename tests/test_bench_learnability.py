@@ -53,6 +53,7 @@ def test_cached_scoring_equals_one_full_forward_per_question(workdir):
     features = learnability.tower_tokens(model, processor, sorted((workdir / "data" / "images").glob("eval_*.png")))
     items = learnability.eval_items(processor, questions)
     result = learnability.evaluate(model, items, features, processor.tokenizer.pad_token_id)
+    assert not model.training  # evaluate leaves the mode as it found it
     plain, right = [], 0
     with torch.no_grad():
         for item in items:
@@ -86,6 +87,10 @@ def test_curve_from_oracle_tokens_then_from_the_tower(workdir, tmp_path, capsys)
     run = learnability.main(["--workdir", str(workdir), "--tokens", "tower", "--projector", "align", "--align-steps", "3",
                              "--align-images", "12", "--steps", "1", "--batch", "2", "--threads", "1"])
     assert [(r["phase"], r["step"]) for r in run["curve"]] == [("start", 0), ("stage2", 1)]
+    with pytest.raises(SystemExit, match="missing: .*instruct.json"):
+        learnability.main(["--workdir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--batch must be >= 1"):
+        learnability.main(["--workdir", str(workdir), "--batch", "0"])
     with pytest.raises(SystemExit, match="needs --tokens oracle"):
         learnability.main(["--workdir", str(workdir), "--tokens", "tower", "--projector", "oracle-words"])
 
