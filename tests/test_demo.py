@@ -110,6 +110,30 @@ def test_the_plan_chains_each_output_into_the_next_step(tmp_path):
     assert quick[:3] == ["data", "clip", "llm"]
 
 
+def test_step_counts_can_be_raised_for_a_bigger_budget(tmp_path):
+    profile, nlvr = demo.choose_profiles(quick=False, recipe="shapes", stage1_steps=200, stage2_steps=640)
+    assert nlvr is None and (profile.stage1_steps, profile.stage2_steps) == (200, 640)
+    assert profile.stage2_batch == demo.PROFILES["full"].stage2_batch  # only the counts change
+    by_name = {s.name: s.commands[-1] for s in demo.plan(tmp_path, profile)}
+    assert "max_steps=200" in by_name["stage1"] and "save_steps=100" in by_name["stage1"]
+    assert "max_steps=640" in by_name["stage2"] and "save_steps=213" in by_name["stage2"]
+    # For the NLVR recipe, --stage2-steps is NLVR's own stage 2; the shapes stage 2 does not run there.
+    profile, nlvr = demo.choose_profiles(quick=False, recipe="nlvr", stage2_steps=300)
+    assert nlvr.steps == 300 and profile == demo.PROFILES["full"]
+    by_name = {s.name: s.commands[-1] for s in demo.plan_nlvr(tmp_path, profile, nlvr, tmp_path / "nlvr1")}
+    assert "max_steps=300" in by_name["nlvr-stage2"] and "max_steps=20" in by_name["stage1"]
+    assert demo.choose_profiles(quick=True, recipe="shapes") == (demo.PROFILES["quick"], None)
+
+
+def test_bad_step_counts_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(DemoError, match="--stage2-steps must be a positive number of steps, got 0"):
+        demo.choose_profiles(quick=False, recipe="shapes", stage2_steps=0)
+    result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--workdir", str(tmp_path / "run"), "--stage1-steps", "-3"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1 and "--stage1-steps must be a positive number of steps, got -3" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo") / "run"

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -535,22 +535,43 @@ def render_summary(summary: dict[str, Any]) -> str:
 # -------------------------------------------------------------------------------------- entry
 
 
+def choose_profiles(quick: bool, recipe: str, stage1_steps: int | None = None,
+                    stage2_steps: int | None = None) -> tuple[Profile, NLVRProfile | None]:
+    """The shapes profile and, for ``recipe="nlvr"``, the NLVR one, with step counts replaced where given.
+
+    ``stage2_steps`` is the recipe's own stage 2 (shapes or NLVR); the defaults fit a 2-core
+    CPU's time budget, a machine with more time or a GPU can raise them."""
+    if recipe not in ("shapes", "nlvr"):
+        raise DemoError(f"unknown recipe {recipe!r}; choose shapes or nlvr")
+    for name, value in (("stage1-steps", stage1_steps), ("stage2-steps", stage2_steps)):
+        if value is not None and value < 1:
+            raise DemoError(f"--{name} must be a positive number of steps, got {value}")
+    profile = PROFILES["quick" if quick else "full"]
+    if stage1_steps is not None:
+        profile = replace(profile, stage1_steps=stage1_steps)
+    if recipe == "shapes":
+        return (profile if stage2_steps is None else replace(profile, stage2_steps=stage2_steps)), None
+    nlvr = NLVR_PROFILES[profile.name]
+    return profile, (nlvr if stage2_steps is None else replace(nlvr, steps=stage2_steps))
+
+
 def run_demo(workdir: str | os.PathLike, quick: bool = False, fresh: bool = False,
              log: Callable[[str], None] = print, recipe: str = "shapes",
-             nlvr_data: str | os.PathLike = DEFAULT_NLVR_DATA) -> dict[str, Any]:
-    """Run (or finish) the shapes demo, or the NLVR recipe, in ``workdir``; return the summary (also written there)."""
+             nlvr_data: str | os.PathLike = DEFAULT_NLVR_DATA, stage1_steps: int | None = None,
+             stage2_steps: int | None = None) -> dict[str, Any]:
+    """Run (or finish) the shapes demo, or the NLVR recipe, in ``workdir``; return the summary (also written there).
+
+    ``stage1_steps`` / ``stage2_steps``: see ``choose_profiles``."""
     workdir = Path(workdir)
-    profile = PROFILES["quick" if quick else "full"]
+    profile, nlvr_profile = choose_profiles(quick, recipe, stage1_steps, stage2_steps)
     nlvr = None
-    if recipe == "nlvr":
+    if nlvr_profile is not None:
         nlvr_data = Path(nlvr_data)
         missing = [p for p in (nlvr_data / "dev", nlvr_data / "test") if not p.is_dir()]
         if missing:
             raise DemoError(f"NLVR v1 not found: {', '.join(map(str, missing))} missing. Get the dev and test folders of "
                             f"{NLVR_URL} (folder nlvr/) and pass --nlvr-data DIR")
-        nlvr = (NLVR_PROFILES[profile.name], nlvr_data.resolve())
-    elif recipe != "shapes":
-        raise DemoError(f"unknown recipe {recipe!r}; choose shapes or nlvr")
+        nlvr = (nlvr_profile, nlvr_data.resolve())
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -614,6 +635,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "and the base LLM without images")
     parser.add_argument("--nlvr-data", type=Path, default=DEFAULT_NLVR_DATA,
                         help=f"folder holding NLVR v1's dev/ and test/ as released (default: {DEFAULT_NLVR_DATA})")
+    parser.add_argument("--stage1-steps", type=int, metavar="N",
+                        help="stage-1 steps instead of the profile's (full: 20 of 8 captions; quick: 4)")
+    parser.add_argument("--stage2-steps", type=int, metavar="N",
+                        help="the recipe's stage-2 steps instead of the profile's (shapes full: 64 of 8 conversations, "
+                        "nlvr full: 90 of 8; quick: 4 and 3). The defaults fit a 2-core CPU's budget and do not reach "
+                        "the accuracy targets (see the README); with a GPU or more time, raise them. A workdir that "
+                        "finished a step with other numbers refuses to mix: use another --workdir or --fresh")
     return parser
 
 
@@ -622,7 +650,8 @@ def run(args: argparse.Namespace) -> int:
     if args.quick and workdir == Path("runs/demo"):
         workdir = Path("runs/demo-quick")
     try:
-        run_demo(workdir, quick=args.quick, fresh=args.fresh, recipe=args.recipe, nlvr_data=args.nlvr_data)
+        run_demo(workdir, quick=args.quick, fresh=args.fresh, recipe=args.recipe, nlvr_data=args.nlvr_data,
+                 stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps)
     except DemoError as err:
         print(f"vlm demo: error: {err}", file=sys.stderr)
         return 1
