@@ -540,7 +540,7 @@ def choose_profiles(quick: bool, recipe: str, stage1_steps: int | None = None,
     """The shapes profile and, for ``recipe="nlvr"``, the NLVR one, with step counts replaced where given.
 
     ``stage2_steps`` is the recipe's own stage 2 (shapes or NLVR); the defaults fit a 2-core
-    CPU's time budget, a machine with more time or a GPU can raise them."""
+    CPU's time budget, a machine with more time can raise them."""
     if recipe not in ("shapes", "nlvr"):
         raise DemoError(f"unknown recipe {recipe!r}; choose shapes or nlvr")
     for name, value in (("stage1-steps", stage1_steps), ("stage2-steps", stage2_steps)):
@@ -639,8 +639,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="stage-1 steps instead of the profile's (full: 20 of 8 captions; quick: 4)")
     parser.add_argument("--stage2-steps", type=int, metavar="N",
                         help="the recipe's stage-2 steps instead of the profile's (shapes full: 64 of 8 conversations, "
-                        "nlvr full: 90 of 8; quick: 4 and 3). The defaults fit a 2-core CPU's budget and do not reach "
-                        "the accuracy targets (see the README); with a GPU or more time, raise them. A workdir that "
+                        "nlvr full: 90 of 8; quick: 4 and 3). The defaults are sized for a 2-core CPU and do not reach "
+                        "the accuracy targets (see the README); with more time, raise them. A workdir that "
                         "finished a step with other numbers refuses to mix: use another --workdir or --fresh")
     return parser
 
