@@ -539,8 +539,8 @@ def choose_profiles(quick: bool, recipe: str, stage1_steps: int | None = None,
                     stage2_steps: int | None = None) -> tuple[Profile, NLVRProfile | None]:
     """The shapes profile and, for ``recipe="nlvr"``, the NLVR one, with step counts replaced where given.
 
-    ``stage2_steps`` is the recipe's own stage 2 (shapes or NLVR); the defaults fit a 2-core
-    CPU's time budget, a machine with more time can raise them."""
+    ``stage2_steps`` is the recipe's own stage 2 (shapes or NLVR). The defaults are sized for a
+    2-core CPU and miss the accuracy targets; a machine with more time can raise them."""
     if recipe not in ("shapes", "nlvr"):
         raise DemoError(f"unknown recipe {recipe!r}; choose shapes or nlvr")
     for name, value in (("stage1-steps", stage1_steps), ("stage2-steps", stage2_steps)):
