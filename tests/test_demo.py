@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -90,7 +91,8 @@ def test_printable_commands():
     python = sys.executable
     assert printable([python, "-m", "vlm", "eval", "--data", "a b"]) == "vlm eval --data 'a b'"
     assert printable([python, "-m", "train.clip", "csv"]) == "python -m train.clip csv"
-    assert printable(["/venv/bin/deepspeed", "--num_gpus", "2"]) == "OMP_NUM_THREADS=1 deepspeed --num_gpus 2"
+    assert printable(["/venv/bin/deepspeed", "--num_gpus", "2"], env={"OMP_NUM_THREADS": "1"}) == "OMP_NUM_THREADS=1 deepspeed --num_gpus 2"
+    assert printable(["/venv/bin/deepspeed", "x=a b"]) == "deepspeed 'x=a b'"
     recorded = demo._recorded([["deepspeed", "--master_port", "29555", "--module", "train", "max_steps=4"]])
     assert recorded == [["deepspeed", "--master_port", "{port}", "--module", "train", "max_steps=4"]]
 
@@ -123,6 +125,56 @@ def test_step_counts_can_be_raised_for_a_bigger_budget(tmp_path):
     by_name = {s.name: s.commands[-1] for s in demo.plan_nlvr(tmp_path, profile, nlvr, tmp_path / "nlvr1")}
     assert "max_steps=300" in by_name["nlvr-stage2"] and "max_steps=20" in by_name["stage1"]
     assert demo.choose_profiles(quick=True, recipe="shapes") == (demo.PROFILES["quick"], None)
+
+
+def test_the_plan_follows_the_hardware(tmp_path):
+    # The default (no CUDA): 2 CPU processes of 4 conversations, one thread each, the CLIP on the CPU.
+    cpu = {s.name: s for s in demo.plan(tmp_path, demo.PROFILES["full"])}
+    stage2 = cpu["stage2"].commands[-1]
+    assert stage2[1:3] == ["--num_gpus", "2"] and "per_device_train_batch_size=4" in stage2
+    assert cpu["stage2"].env == {"OMP_NUM_THREADS": "1"} and "--device" not in cpu["clip"].commands[-1]
+    # One GPU: one process takes the whole step of 8, the CLIP trains on CUDA; every other command is the same.
+    gpu = {s.name: s for s in demo.plan(tmp_path, demo.PROFILES["full"], hardware=demo.Hardware("cuda", 1, 16))}
+    stage2 = gpu["stage2"].commands[-1]
+    assert stage2[1:3] == ["--num_gpus", "1"] and "per_device_train_batch_size=8" in stage2
+    assert gpu["stage2"].env == {"OMP_NUM_THREADS": "16"} and gpu["clip"].commands[-1][-2:] == ["--device", "cuda"]
+    assert "1 GPU process" in gpu["stage2"].title and "2 CPU processes" in cpu["stage2"].title
+    assert [n for n in cpu if cpu[n].commands != gpu[n].commands] == ["clip", "stage2"]
+    # The NLVR stage 2 shares its step of 8 the same way.
+    nlvr = {s.name: s.commands[-1] for s in demo.plan_nlvr(tmp_path, demo.PROFILES["full"], demo.NLVR_PROFILES["full"],
+                                                          tmp_path / "nlvr1", hardware=demo.Hardware("cpu", 4, 1))}
+    assert nlvr["nlvr-stage2"][1:3] == ["--num_gpus", "4"] and "per_device_train_batch_size=2" in nlvr["nlvr-stage2"]
+
+
+@pytest.mark.parametrize("gpus, procs, expected", [
+    (0, None, ("cpu", 2)), (1, None, ("cuda", 1)), (4, None, ("cuda", 2)), (4, 4, ("cuda", 4)), (0, 1, ("cpu", 1)),
+])
+def test_the_hardware_is_detected(monkeypatch, gpus, procs, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(demo, "_usable_cores", lambda: 16)
+    hardware = demo.detect_hardware(procs, [8, 4])
+    assert (hardware.device, hardware.procs, hardware.threads) == (*expected, 16 // expected[1])
+
+
+def test_bad_process_counts_are_refused_before_anything_runs(monkeypatch, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DemoError, match="--procs must be a positive number of processes, got 0"):
+        demo.detect_hardware(0, [8])
+    with pytest.raises(DemoError, match="--procs 3 does not divide a stage-2 step's 8 conversations .* use one of 1, 2, 4, 8"):
+        demo.detect_hardware(3, [8])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DemoError, match="--procs 2: torch sees 1 GPU; run at most one process per GPU"):
+        demo.detect_hardware(2, [8])
+    result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--workdir", str(tmp_path / "run"), "--procs", "8"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1 and "--procs 8 does not divide a stage-2 step's 4 conversations" in result.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_step_counts_are_refused_before_anything_runs(tmp_path):
@@ -165,7 +217,7 @@ def test_quick_demo_end_to_end(quick_run):
     assert max(m.get("step", 0) for m in metrics) == 4
     table = (workdir / demo.SUMMARY_MD).read_text()
     assert "| stage2 | ran |" in table and "| **overall** |" in table and table in result.stdout
-    assert "$ OMP_NUM_THREADS=1 deepspeed --num_gpus 2" in result.stdout
+    assert re.search(r"\$ OMP_NUM_THREADS=[0-9]+ deepspeed --num_gpus 2 ", result.stdout)  # threads: the cores shared out
     assert summary["chat"]["answer"] is not None and summary["chat"]["reference"] is not None
     print(f"quick demo: {seconds:.0f} s")
 
@@ -182,6 +234,27 @@ def test_quick_demo_rerun_reuses_every_step(quick_run):
     other = subprocess.run([sys.executable, "-m", "vlm", "demo", "--workdir", str(workdir)],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert other.returncode == 1 and "holds a quick demo run" in other.stderr
+
+
+def test_one_process_trains_the_same_steps_as_two(quick_run, tmp_path):
+    # --procs 1: one DeepSpeed process takes each step's 4 conversations instead of 2 x 2; the
+    # losses and gradient norms of the quick run's 4 steps come out the same.
+    workdir, first, _ = quick_run
+    assert first.returncode == 0
+    steps = {s.name: s for s in demo.plan(workdir, demo.PROFILES["quick"], hardware=demo.Hardware("cpu", 1, 2))}
+    command = [word.replace(str(workdir / "stage2"), str(tmp_path / "stage2")) for word in steps["stage2"].commands[-1]]
+    assert command[1:3] == ["--num_gpus", "1"] and "per_device_train_batch_size=4" in command
+    one = Step("stage2", "one process", [command], (tmp_path / "stage2" / "model").is_dir, env=steps["stage2"].env)
+    run_steps(tmp_path, [one], lambda _: None)
+
+    def logged(run: Path) -> list[float]:  # loss, gradient norm of each step
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [value for m in lines if "loss" in m for value in (m["loss"], m["grad_norm"])]
+
+    two = logged(workdir / "stage2")
+    assert len(two) == 8 and logged(tmp_path / "stage2") == pytest.approx(two, rel=1e-5)
+    assert len(list((tmp_path / "stage2" / "checkpoint-4").glob("rng_state*.pth"))) == 1  # one process wrote it
+    assert len(list((workdir / "stage2" / "checkpoint-4").glob("rng_state_*.pth"))) == 2
 
 
 NLVR = next(

@@ -7,6 +7,7 @@ Steps (each one a command of this toolkit, printed before it runs, so it can be 
     llm       python -m vlm.demo tiny-llm      (--quick only) a tiny random LLM with SmolLM2's tokenizer
     stage1    vlm train pretrain               the projector learns on the captions
     stage2    deepspeed ... train sft_lora     projector + LoRA on the instructions, ZeRO-2, 2 processes
+                                               (2 CPU processes; with CUDA one per GPU up to 2; --procs N)
     merge     vlm merge                        ZeRO shards + LoRA -> one verified HF model folder
     eval      vlm eval --benchmark shapes      held-out questions, with the images
     blank     vlm eval ... --images blank      baseline: the same model, every image black
@@ -130,6 +131,55 @@ PROFILES = {
 }
 
 
+@dataclass(frozen=True)
+class Hardware:
+    """Where the demo trains: the device, and how many processes run stage 2 under DeepSpeed."""
+
+    device: str = "cpu"
+    """``cpu`` or ``cuda``: the CLIP trains there (stage 1, stage 2 and eval pick CUDA by themselves when present)."""
+    procs: int = 2
+    """Stage-2 processes (ZeRO-2 shards). A step sees the same conversations however many there are:
+    each process takes ``2 * batch / procs`` of them (the profiles' batches are per process of two)."""
+    threads: int = 1
+    """``OMP_NUM_THREADS`` of each stage-2 process: the CPU cores shared out, so processes do not oversubscribe."""
+
+    def describe(self) -> str:
+        return f"{self.procs} {'GPU' if self.device == 'cuda' else 'CPU'} process{'es' if self.procs > 1 else ''}"
+
+
+CPU_PAIR = Hardware()
+"""The plan's default: 2 CPU processes of one thread each, this project's 2-core machine (``detect_hardware``
+gives each process its share of the cores it finds)."""
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def detect_hardware(procs: int | None = None, batches: Sequence[int] = ()) -> Hardware:
+    """The hardware of this machine: CUDA when torch sees a GPU (one process per GPU, up to 2), else
+    2 CPU processes. ``procs`` overrides the count; it must fit the GPUs and divide every step's
+    conversations in ``batches`` (so each process takes an equal share)."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if procs is None:
+        procs = min(gpus, 2) if gpus else 2
+    if procs < 1:
+        raise DemoError(f"--procs must be a positive number of processes, got {procs}")
+    if gpus and procs > gpus:
+        raise DemoError(f"--procs {procs}: torch sees {gpus} GPU{'s' if gpus > 1 else ''}; run at most one process per GPU")
+    for batch in batches:
+        if batch % procs:
+            fits = [n for n in range(1, batch + 1) if batch % n == 0]
+            raise DemoError(f"--procs {procs} does not divide a stage-2 step's {batch} conversations into equal shares; "
+                            f"use one of {', '.join(map(str, fits))}")
+    return Hardware("cuda" if gpus else "cpu", procs, max(1, _usable_cores() // procs))
+
+
 @dataclass
 class Step:
     """One step: its commands, the output that proves it finished, and how it ran."""
@@ -153,8 +203,8 @@ class DemoError(RuntimeError):
 # ----------------------------------------------------------------------------------------- steps
 
 
-def plan(workdir: Path, profile: Profile, python: str = sys.executable) -> list[Step]:
-    """The steps of a shapes demo run in ``workdir``."""
+def plan(workdir: Path, profile: Profile, python: str = sys.executable, hardware: Hardware = CPU_PAIR) -> list[Step]:
+    """The steps of a shapes demo run in ``workdir`` on ``hardware``."""
     w = workdir
     vlm = [python, "-m", "vlm"]
     data, clip = w / "data", w / "clip"
@@ -171,6 +221,8 @@ def plan(workdir: Path, profile: Profile, python: str = sys.executable) -> list[
                   "--batch-size", str(profile.clip_batch), "--lr", str(profile.clip_lr), "--seed", "0"]
     if profile.clip_config is not None:
         clip_train += ["--model-config", str(w / "clip_config.json")]
+    if hardware.device != "cpu":
+        clip_train += ["--device", hardware.device]
     steps.append(Step(
         "clip", "train the CLIP vision tower (open_clip_train)",
         [[python, "-m", "train.clip", "csv", str(data / "captions.json"), str(data / "clip.csv")], clip_train],
@@ -195,9 +247,9 @@ def plan(workdir: Path, profile: Profile, python: str = sys.executable) -> list[
         lambda: (stage1 / "model" / "config.json").is_file(),
     ))
     steps.append(_stage2_step(
-        "stage2", "stage 2: projector + LoRA on instructions, DeepSpeed ZeRO-2 on 2 processes", python,
+        "stage2", f"stage 2: projector + LoRA on instructions, DeepSpeed ZeRO-2 on {hardware.describe()}", python,
         stage1 / "model", data / "instruct.json", stage2, profile.stage2_steps, profile.stage2_batch, profile.stage2_lr,
-        profile.lora_r, profile.extra_stage2, projector_lr=profile.stage2_projector_lr,
+        profile.lora_r, profile.extra_stage2, projector_lr=profile.stage2_projector_lr, hardware=hardware,
     ))
     steps.append(_merge_step("merge", python, stage2, merged))
     ev = w / "eval"
@@ -222,20 +274,24 @@ def plan(workdir: Path, profile: Profile, python: str = sys.executable) -> list[
 
 
 def _stage2_step(name: str, title: str, python: str, init_from: Path, data: Path, output: Path, max_steps: int,
-                 batch: int, lr: float, lora_r: int, extra: Sequence[str] = (), projector_lr: float | None = None) -> Step:
+                 batch: int, lr: float, lora_r: int, extra: Sequence[str] = (), projector_lr: float | None = None,
+                 hardware: Hardware = CPU_PAIR) -> Step:
+    """``batch`` is per process of two: each of ``hardware.procs`` processes takes its share of ``2 * batch``."""
     launcher = shutil.which("deepspeed", path=str(Path(python).parent)) or shutil.which("deepspeed") or "deepspeed"
+    if (2 * batch) % hardware.procs:
+        raise DemoError(f"{hardware.procs} processes cannot share a step of {2 * batch} conversations equally")
     return Step(
         name, title,
-        [[launcher, "--num_gpus", "2", "--master_port", "{port}", "--module", "train", "sft_lora",
+        [[launcher, "--num_gpus", str(hardware.procs), "--master_port", "{port}", "--module", "train", "sft_lora",
           f"init_from={init_from}", f"data=[{data}]", f"output_dir={output}", "deepspeed=zero2",
-          f"max_steps={max_steps}", f"per_device_train_batch_size={batch}", f"learning_rate={lr}",
+          f"max_steps={max_steps}", f"per_device_train_batch_size={2 * batch // hardware.procs}", f"learning_rate={lr}",
           f"projector_lr={lr if projector_lr is None else projector_lr}",
           # lora_dropout=0 (sft_lora.yaml keeps LLaVA's 0.05): on a CPU its masks make a step 16-31% slower
           f"lora_r={lora_r}", f"lora_alpha={2 * lora_r}", "lora_dropout=0", "warmup_ratio=0.05",
           f"save_steps={max(max_steps // 3, 1)}",
           "save_total_limit=1", "logging_steps=1", "resume=true", *extra]],
         lambda: (output / "model").is_dir() and any((output / "model").iterdir()),
-        env={"OMP_NUM_THREADS": "1"},  # one thread per process: the 2 processes share the cores
+        env={"OMP_NUM_THREADS": str(hardware.threads)},  # the processes share the cores out, not oversubscribe them
     )
 
 
@@ -247,10 +303,11 @@ def _merge_step(name: str, python: str, run: Path, merged: Path) -> Step:
     )
 
 
-def plan_nlvr(workdir: Path, profile: Profile, nlvr: NLVRProfile, nlvr_data: Path, python: str = sys.executable) -> list[Step]:
+def plan_nlvr(workdir: Path, profile: Profile, nlvr: NLVRProfile, nlvr_data: Path, python: str = sys.executable,
+              hardware: Hardware = CPU_PAIR) -> list[Step]:
     """The NLVR recipe: the shapes run's data, CLIP and stage 1 (reused when done), then stage 2 on
     NLVR dev, merge, and NLVR test with the no-image baseline."""
-    base = [step for step in plan(workdir, profile, python) if step.name in ("data", "clip", "llm", "stage1")]
+    base = [step for step in plan(workdir, profile, python, hardware) if step.name in ("data", "clip", "llm", "stage1")]
     w = workdir / "nlvr"
     vlm = [python, "-m", "vlm"]
     dev_json, stage1 = w / "dev.json", workdir / "stage1" / "model"
@@ -261,8 +318,9 @@ def plan_nlvr(workdir: Path, profile: Profile, nlvr: NLVRProfile, nlvr_data: Pat
             dev_json.is_file,
         ),
         # The stage-1 model centre-crops; NLVR's 400x100 images are padded to a square instead.
-        _stage2_step("nlvr-stage2", "stage 2 on NLVR dev: projector + LoRA, ZeRO-2 on 2 processes", python, stage1,
-                     dev_json, w / "stage2", nlvr.steps, nlvr.batch, nlvr.lr, nlvr.lora_r, ("pad_to_square=true",)),
+        _stage2_step("nlvr-stage2", f"stage 2 on NLVR dev: projector + LoRA, ZeRO-2 on {hardware.describe()}", python,
+                     stage1, dev_json, w / "stage2", nlvr.steps, nlvr.batch, nlvr.lr, nlvr.lora_r, ("pad_to_square=true",),
+                     hardware=hardware),
         _merge_step("nlvr-merge", python, w / "stage2", w / "merged"),
     ]
     limit = [] if nlvr.eval_limit is None else ["--limit", str(nlvr.eval_limit)]
@@ -290,16 +348,17 @@ def _eval_complete(output: Path) -> bool:
 # ------------------------------------------------------------------------------------------ run
 
 
-def printable(command: Sequence[str], python: str = sys.executable) -> str:
-    """The command as a user would type it: ``vlm ...`` / ``python -m ...`` instead of this interpreter's path."""
+def printable(command: Sequence[str], python: str = sys.executable, env: dict[str, str] | None = None) -> str:
+    """The command as a user would type it: ``vlm ...`` / ``python -m ...`` / ``deepspeed ...`` instead of
+    this interpreter's or launcher's path, after the variables ``env`` sets for it."""
     words = list(command)
     if words[:3] == [python, "-m", "vlm"]:
         words = ["vlm", *words[3:]]
     elif words[:1] == [python]:
         words = ["python", *words[1:]]
     elif words and Path(words[0]).name == "deepspeed":
-        words = ["OMP_NUM_THREADS=1", "deepspeed", *words[1:]]
-    return shlex.join(words)
+        words = ["deepspeed", *words[1:]]
+    return " ".join([*(f"{key}={shlex.quote(value)}" for key, value in (env or {}).items()), shlex.join(words)])
 
 
 def free_port() -> int:
@@ -398,7 +457,7 @@ def run_steps(workdir: Path, steps: list[Step], log: Callable[[str], None] = pri
         peak = 0.0
         for command in step.commands:
             command = [word.replace("{port}", str(free_port())) if word == "{port}" else word for word in command]
-            log("  $ " + printable(command))
+            log("  $ " + printable(command, env=step.env))
             status, command_peak, out = run_command(command, step.env, capture=step.capture is not None)
             peak = max(peak, command_peak)
             if status != 0:
@@ -429,17 +488,18 @@ def _duration(seconds: float | None) -> str:
 
 
 def summarize(workdir: Path, steps: list[Step], profile: Profile, wall_seconds: float,
-              nlvr: tuple[NLVRProfile, Path] | None = None) -> dict[str, Any]:
+              nlvr: tuple[NLVRProfile, Path] | None = None, hardware: Hardware = CPU_PAIR) -> dict[str, Any]:
     """Collect what the run measured: step times and memory, accuracy per task, the chat answer."""
     common = {
         "recipe": "shapes" if nlvr is None else "nlvr",
         "profile": asdict(profile),
+        "hardware": asdict(hardware),
         "workdir": str(workdir.resolve()),
         "wall_seconds": round(wall_seconds, 1),
         "steps": [
             {"name": s.name, "status": s.status, "seconds": None if s.seconds is None else round(s.seconds, 1),
              "peak_rss_mib": None if s.peak_rss_mib is None else round(s.peak_rss_mib, 1),
-             "commands": [printable(c) for c in _recorded(s.commands)]}
+             "commands": [printable(c, env=s.env) for c in _recorded(s.commands)]}
             for s in steps
         ],
     }
@@ -485,9 +545,10 @@ def _chat_reference(profile: Profile) -> str:
 def render_summary(summary: dict[str, Any]) -> str:
     steps = summary["steps"]
     total = sum(s["seconds"] or 0 for s in steps)  # recorded times of reused steps included
-    lines = [
-        f"## vlm demo ({summary['profile']['name']}): {summary['workdir']}",
-        "",
+    lines = [f"## vlm demo ({summary['profile']['name']}): {summary['workdir']}", ""]
+    if "hardware" in summary:  # summaries written before the hardware was recorded lack it
+        lines += [f"Stage 2 on {Hardware(**summary['hardware']).describe()}.", ""]
+    lines += [
         "| step | status | wall time | peak RSS (all processes) |",
         "|---|---|---:|---:|",
     ]
@@ -558,12 +619,13 @@ def choose_profiles(quick: bool, recipe: str, stage1_steps: int | None = None,
 def run_demo(workdir: str | os.PathLike, quick: bool = False, fresh: bool = False,
              log: Callable[[str], None] = print, recipe: str = "shapes",
              nlvr_data: str | os.PathLike = DEFAULT_NLVR_DATA, stage1_steps: int | None = None,
-             stage2_steps: int | None = None) -> dict[str, Any]:
+             stage2_steps: int | None = None, procs: int | None = None) -> dict[str, Any]:
     """Run (or finish) the shapes demo, or the NLVR recipe, in ``workdir``; return the summary (also written there).
 
-    ``stage1_steps`` / ``stage2_steps``: see ``choose_profiles``."""
+    ``stage1_steps`` / ``stage2_steps``: see ``choose_profiles``; ``procs``: see ``detect_hardware``."""
     workdir = Path(workdir)
     profile, nlvr_profile = choose_profiles(quick, recipe, stage1_steps, stage2_steps)
+    hardware = detect_hardware(procs, [2 * (profile.stage2_batch if nlvr_profile is None else nlvr_profile.batch)])
     nlvr = None
     if nlvr_profile is not None:
         nlvr_data = Path(nlvr_data)
@@ -582,13 +644,13 @@ def run_demo(workdir: str | os.PathLike, quick: bool = False, fresh: bool = Fals
     atomic_write_json(workdir / STATE_FILE, state)
     if profile.clip_config is not None:
         atomic_write_json(workdir / "clip_config.json", profile.clip_config)
-    steps = plan(workdir, profile) if nlvr is None else plan_nlvr(workdir, profile, *nlvr)
+    steps = plan(workdir, profile, hardware=hardware) if nlvr is None else plan_nlvr(workdir, profile, *nlvr, hardware=hardware)
     prefix = "" if nlvr is None else "nlvr-"
     start = time.perf_counter()
     try:
         run_steps(workdir, steps, log)
     finally:
-        summary = summarize(workdir, steps, profile, time.perf_counter() - start, nlvr)
+        summary = summarize(workdir, steps, profile, time.perf_counter() - start, nlvr, hardware)
         atomic_write_json(workdir / (prefix + SUMMARY_JSON), summary)
         atomic_write_text(workdir / (prefix + SUMMARY_MD), render_summary(summary))
     log("")
@@ -642,6 +704,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "nlvr full: 90 of 8; quick: 4 and 3). The defaults are sized for a 2-core CPU and do not reach "
                         "the accuracy targets (see the README); with more time, raise them. A workdir that "
                         "finished a step with other numbers refuses to mix: use another --workdir or --fresh")
+    parser.add_argument("--procs", type=int, metavar="N",
+                        help="stage-2 processes under DeepSpeed ZeRO-2 (default: one per GPU up to 2 when torch sees CUDA, "
+                        "else 2 CPU processes sharing the cores). A step sees the same conversations whatever N is (each "
+                        "process takes its share), so N must divide them (full: 8, quick: 4). Where CUDA is seen the CLIP "
+                        "trains on it too; stage 1, stage 2 and eval use it by themselves")
     return parser
 
 
@@ -651,7 +718,7 @@ def run(args: argparse.Namespace) -> int:
         workdir = Path("runs/demo-quick")
     try:
         run_demo(workdir, quick=args.quick, fresh=args.fresh, recipe=args.recipe, nlvr_data=args.nlvr_data,
-                 stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps)
+                 stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps, procs=args.procs)
     except DemoError as err:
         print(f"vlm demo: error: {err}", file=sys.stderr)
         return 1
