@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -137,6 +138,26 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path, shapes, st
     a, b = state(VLMForCausalLM.from_pretrained(straight)), state(VLMForCausalLM.from_pretrained(resumed))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_under_other_settings_is_said_and_the_earlier_ones_kept(tmp_path, shapes, stage1, capsys):
+    common = dict(stage="sft", init_from=str(stage1), data=[str(shapes / "instruct.json")], learning_rate=1e-3, save_steps=2)
+    first = run_training(config(tmp_path, shapes, **common, max_steps=4))
+    run = first.parent
+    capsys.readouterr()
+    # Only bookkeeping changed: nothing to say, nothing kept, and the finished run stays as it was.
+    run_training(config(tmp_path, shapes, **common, max_steps=4, resume=True, logging_steps=2, save_total_limit=1))
+    assert "other settings" not in capsys.readouterr().err and not list(run.glob("train_config.before-*"))
+    assert max(e["step"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())) == 4
+    # Training a finished run on: a larger max_steps and another learning rate are named, the run goes on to step 6.
+    run_training(config(tmp_path, shapes, **{**common, "learning_rate": 5e-4}, max_steps=6, resume=True))
+    err = capsys.readouterr().err
+    assert f"warning: resuming {run / 'checkpoint-4'} under other settings" in err
+    assert "learning_rate 0.001 -> 0.0005, max_steps 4 -> 6." in err
+    earlier = yaml.safe_load((run / "train_config.before-checkpoint-4.yaml").read_text())
+    assert (earlier["max_steps"], earlier["learning_rate"]) == (4, 1e-3)
+    assert yaml.safe_load((run / "train_config.yaml").read_text())["max_steps"] == 6
+    assert [e["step"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in e][-2:] == [5, 6]
 
 
 def test_a_new_run_never_overwrites_an_old_one(stage1, shapes, llama_dir, vision_json):

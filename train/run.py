@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -123,6 +124,40 @@ def check_world_size(checkpoint: Path) -> None:
     )
 
 
+CONFIG_FILE = "train_config.yaml"
+# Settings that change how a run is logged, saved, resumed or computed, not what it computes.
+_BOOKKEEPING = frozenset({"output_dir", "resume", "overwrite_output_dir", "logging_steps", "save_steps", "save_total_limit",
+                          "dataloader_num_workers", "feature_cache", "torch_compile"})
+
+
+def note_resumed_settings(checkpoint: Path, cfg: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Warn when a run resumes ``checkpoint`` under other settings than those of the run that wrote it.
+
+    Resuming with, say, a larger ``max_steps`` is allowed (it is how a finished run is trained on),
+    but from the checkpoint on the learning-rate schedule follows the new settings, and the run's
+    ``train_config.yaml`` is about to be rewritten: the earlier one is kept beside it as
+    ``train_config.before-<checkpoint>.yaml``. Returns the changed settings, ``{name: (old, new)}``."""
+    written = checkpoint.parent / CONFIG_FILE
+    if not written.is_file():
+        return {}
+    before = yaml.safe_load(written.read_text(encoding="utf-8")) or {}
+    now = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # the same YAML round trip as the saved file
+    changed = {key: (before.get(key), now.get(key)) for key in sorted(set(before) | set(now))
+               if key not in _BOOKKEEPING and before.get(key) != now.get(key)}
+    if not changed:
+        return {}
+    kept = ""
+    if written.parent.resolve() == Path(cfg.output_dir).resolve():
+        earlier = written.parent / f"train_config.before-{checkpoint.name}.yaml"
+        if is_main_process() and not earlier.exists():
+            atomic_write_text(earlier, written.read_text(encoding="utf-8"))
+        kept = f"; the settings that wrote it are kept in {earlier}"
+    log(f"warning: resuming {checkpoint} under other settings than the run that wrote it: "
+        + ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        + ". Training continues under the new ones (the learning-rate schedule follows them from this step)" + kept)
+    return changed
+
+
 def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     bf16 = bf16_supported() if cfg.bf16 is None else cfg.bf16
     report_to = ["tensorboard"] if _tensorboard_installed() else []
@@ -158,6 +193,8 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
 def run_training(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says; return the folder holding the final model."""
     resume_from = resolve_resume(cfg)
+    if resume_from:
+        note_resumed_settings(Path(resume_from), cfg)
     output_dir = Path(cfg.output_dir)
     set_seed(cfg.seed)
     model, processor = load_or_build(cfg)
@@ -180,7 +217,7 @@ def run_training(cfg: TrainConfig) -> Path:
     args = training_arguments(cfg)
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(output_dir / "train_config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(output_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     samples_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * args.world_size
     trainer = VLMTrainer(
         model=model,
