@@ -155,7 +155,7 @@ def test_the_hardware_is_detected(monkeypatch, gpus, procs, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(demo, "_usable_cores", lambda: 16)
-    hardware = demo.detect_hardware(procs, [8, 4])
+    hardware = demo.detect_hardware(procs)
     assert (hardware.device, hardware.procs, hardware.threads) == (*expected, 16 // expected[1])
 
 
@@ -164,13 +164,13 @@ def test_bad_process_counts_are_refused_before_anything_runs(monkeypatch, tmp_pa
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DemoError, match="--procs must be a positive number of processes, got 0"):
-        demo.detect_hardware(0, [8])
+        demo.detect_hardware(0)
     with pytest.raises(DemoError, match="--procs 3 does not divide a stage-2 step's 8 conversations .* use one of 1, 2, 4, 8"):
-        demo.detect_hardware(3, [8])
+        demo.plan(tmp_path, demo.PROFILES["full"], hardware=demo.detect_hardware(3))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(DemoError, match="--procs 2: torch sees 1 GPU; run at most one process per GPU"):
-        demo.detect_hardware(2, [8])
+        demo.detect_hardware(2)
     result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--workdir", str(tmp_path / "run"), "--procs", "8"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 1 and "--procs 8 does not divide a stage-2 step's 4 conversations" in result.stderr

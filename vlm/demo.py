@@ -159,10 +159,10 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def detect_hardware(procs: int | None = None, batches: Sequence[int] = ()) -> Hardware:
+def detect_hardware(procs: int | None = None) -> Hardware:
     """The hardware of this machine: CUDA when torch sees a GPU (one process per GPU, up to 2), else
-    2 CPU processes. ``procs`` overrides the count; it must fit the GPUs and divide every step's
-    conversations in ``batches`` (so each process takes an equal share)."""
+    2 CPU processes. ``procs`` overrides the count (at most one per GPU; planning the stage-2 step
+    checks that it divides the step's conversations)."""
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -172,11 +172,6 @@ def detect_hardware(procs: int | None = None, batches: Sequence[int] = ()) -> Ha
         raise DemoError(f"--procs must be a positive number of processes, got {procs}")
     if gpus and procs > gpus:
         raise DemoError(f"--procs {procs}: torch sees {gpus} GPU{'s' if gpus > 1 else ''}; run at most one process per GPU")
-    for batch in batches:
-        if batch % procs:
-            fits = [n for n in range(1, batch + 1) if batch % n == 0]
-            raise DemoError(f"--procs {procs} does not divide a stage-2 step's {batch} conversations into equal shares; "
-                            f"use one of {', '.join(map(str, fits))}")
     return Hardware("cuda" if gpus else "cpu", procs, max(1, _usable_cores() // procs))
 
 
@@ -279,7 +274,9 @@ def _stage2_step(name: str, title: str, python: str, init_from: Path, data: Path
     """``batch`` is per process of two: each of ``hardware.procs`` processes takes its share of ``2 * batch``."""
     launcher = shutil.which("deepspeed", path=str(Path(python).parent)) or shutil.which("deepspeed") or "deepspeed"
     if (2 * batch) % hardware.procs:
-        raise DemoError(f"{hardware.procs} processes cannot share a step of {2 * batch} conversations equally")
+        fits = [n for n in range(1, 2 * batch + 1) if (2 * batch) % n == 0]
+        raise DemoError(f"--procs {hardware.procs} does not divide a stage-2 step's {2 * batch} conversations into equal "
+                        f"shares; use one of {', '.join(map(str, fits))}")
     return Step(
         name, title,
         [[launcher, "--num_gpus", str(hardware.procs), "--master_port", "{port}", "--module", "train", "sft_lora",
@@ -625,7 +622,7 @@ def run_demo(workdir: str | os.PathLike, quick: bool = False, fresh: bool = Fals
     ``stage1_steps`` / ``stage2_steps``: see ``choose_profiles``; ``procs``: see ``detect_hardware``."""
     workdir = Path(workdir)
     profile, nlvr_profile = choose_profiles(quick, recipe, stage1_steps, stage2_steps)
-    hardware = detect_hardware(procs, [2 * (profile.stage2_batch if nlvr_profile is None else nlvr_profile.batch)])
+    hardware = detect_hardware(procs)
     nlvr = None
     if nlvr_profile is not None:
         nlvr_data = Path(nlvr_data)
@@ -634,6 +631,8 @@ def run_demo(workdir: str | os.PathLike, quick: bool = False, fresh: bool = Fals
             raise DemoError(f"NLVR v1 not found: {', '.join(map(str, missing))} missing. Get the dev and test folders of "
                             f"{NLVR_URL} (folder nlvr/) and pass --nlvr-data DIR")
         nlvr = (nlvr_profile, nlvr_data.resolve())
+    # Planned before the workdir is touched: a plan that cannot run (e.g. --procs 3) leaves nothing behind.
+    steps = plan(workdir, profile, hardware=hardware) if nlvr is None else plan_nlvr(workdir, profile, *nlvr, hardware=hardware)
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -644,7 +643,6 @@ def run_demo(workdir: str | os.PathLike, quick: bool = False, fresh: bool = Fals
     atomic_write_json(workdir / STATE_FILE, state)
     if profile.clip_config is not None:
         atomic_write_json(workdir / "clip_config.json", profile.clip_config)
-    steps = plan(workdir, profile, hardware=hardware) if nlvr is None else plan_nlvr(workdir, profile, *nlvr, hardware=hardware)
     prefix = "" if nlvr is None else "nlvr-"
     start = time.perf_counter()
     try:
