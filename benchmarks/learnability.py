@@ -41,7 +41,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from eval.shapes import COLORS, IMAGE_SIZE, KINDS, POSITIONS, SIZES, Scene, SceneConfig, make_caption, sample_scene, scene_seed
+from eval.shapes import (
+    COLORS,
+    IMAGE_SIZE,
+    KINDS,
+    POSITIONS,
+    SIZES,
+    Scene,
+    SceneConfig,
+    make_caption,
+    sample_scene,
+    scene_seed,
+)
 from projector import calibrate_projector
 from projector.align import align_projector_to_words
 from train.dataset import VLMCollator

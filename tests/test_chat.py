@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from apps.cli import main
 from tiny import build_tiny_vlm, make_image
 from train.data import ConversationDataset
 from vlm.chat import ChatSession, ContextLengthError, answer_once, chat_loop, load_for_chat, user_content
-from vlm.cli import main
 
 REPO = Path(__file__).parents[1]
 MAX_NEW_TOKENS = 6
@@ -26,9 +26,9 @@ TOO_LONG = " ".join(["yes"] * 1100)  # ~2200 tokens; the tiny LLM's context is 2
 
 
 def run_vlm(*args: str, stdin: str) -> tuple[int, str, str]:
-    """``python -m vlm ARGS`` with ``stdin`` piped; stdout/stderr decoded without newline translation."""
+    """``python -m apps ARGS`` (the ``vlm`` command) with ``stdin`` piped; stdout/stderr decoded without newline translation."""
     result = subprocess.run(
-        [sys.executable, "-m", "vlm", *args], input=stdin.encode(), capture_output=True, timeout=300, cwd=REPO,
+        [sys.executable, "-m", "apps", *args], input=stdin.encode(), capture_output=True, timeout=300, cwd=REPO,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
     )
     return result.returncode, result.stdout.decode(), result.stderr.decode()

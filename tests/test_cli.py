@@ -14,7 +14,7 @@ from vlm.chat import answer_once, load_for_chat
 
 def vlm(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vlm", *args], input=stdin, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "apps", *args], input=stdin, capture_output=True, text=True, timeout=300,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
     )
 

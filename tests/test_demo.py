@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from vlm import demo
-from vlm.demo import DemoError, Step, printable, run_steps
+from apps import demo
+from apps.demo import DemoError, Step, printable, run_steps
 
 ROOT = Path(__file__).parents[1]
 
@@ -61,7 +61,7 @@ def test_the_same_interpreter_under_another_name_is_the_same_command(tmp_path):
     state_path = tmp_path / demo.STATE_FILE
     state = json.loads(state_path.read_text())
     folder = Path(sys.executable).parent
-    for name in ("python3", "python3.11"):  # how the first run was started, e.g. `python3 -m vlm demo`
+    for name in ("python3", "python3.11"):  # how the first run was started, e.g. `python3 -m apps demo`
         state["steps"]["second"]["commands"][0][0] = str(folder / name)
         state_path.write_text(json.dumps(state))
         again = _steps(tmp_path)
@@ -89,7 +89,7 @@ def test_a_failing_step_stops_the_run_and_is_not_recorded(tmp_path):
 
 def test_printable_commands():
     python = sys.executable
-    assert printable([python, "-m", "vlm", "eval", "--data", "a b"]) == "vlm eval --data 'a b'"
+    assert printable([python, "-m", "apps", "eval", "--data", "a b"]) == "vlm eval --data 'a b'"
     assert printable([python, "-m", "train.clip", "csv"]) == "python -m train.clip csv"
     assert printable(["/venv/bin/deepspeed", "--num_gpus", "2"], env={"OMP_NUM_THREADS": "1"}) == "OMP_NUM_THREADS=1 deepspeed --num_gpus 2"
     assert printable(["/venv/bin/deepspeed", "x=a b"]) == "deepspeed 'x=a b'"
@@ -171,7 +171,7 @@ def test_bad_process_counts_are_refused_before_anything_runs(monkeypatch, tmp_pa
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(DemoError, match="--procs 2: torch sees 1 GPU; run at most one process per GPU"):
         demo.detect_hardware(2)
-    result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--workdir", str(tmp_path / "run"), "--procs", "8"],
+    result = subprocess.run([sys.executable, "-m", "apps", "demo", "--quick", "--workdir", str(tmp_path / "run"), "--procs", "8"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 1 and "--procs 8 does not divide a stage-2 step's 4 conversations" in result.stderr
     assert not (tmp_path / "run").exists()
@@ -180,7 +180,7 @@ def test_bad_process_counts_are_refused_before_anything_runs(monkeypatch, tmp_pa
 def test_bad_step_counts_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(DemoError, match="--stage2-steps must be a positive number of steps, got 0"):
         demo.choose_profiles(quick=False, recipe="shapes", stage2_steps=0)
-    result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--workdir", str(tmp_path / "run"), "--stage1-steps", "-3"],
+    result = subprocess.run([sys.executable, "-m", "apps", "demo", "--workdir", str(tmp_path / "run"), "--stage1-steps", "-3"],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 1 and "--stage1-steps must be a positive number of steps, got -3" in result.stderr
     assert not (tmp_path / "run").exists()
@@ -191,7 +191,7 @@ def quick_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo") / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--workdir", str(workdir)],
+    result = subprocess.run([sys.executable, "-m", "apps", "demo", "--quick", "--workdir", str(workdir)],
                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     return workdir, result, time.perf_counter() - start
 
@@ -225,13 +225,13 @@ def test_quick_demo_end_to_end(quick_run):
 def test_quick_demo_rerun_reuses_every_step(quick_run):
     workdir, first, _ = quick_run
     assert first.returncode == 0
-    again = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--workdir", str(workdir)],
+    again = subprocess.run([sys.executable, "-m", "apps", "demo", "--quick", "--workdir", str(workdir)],
                            capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((workdir / demo.SUMMARY_JSON).read_text())
     assert [s["status"] for s in summary["steps"]] == ["reused"] * 10
     # The other profile in the same folder is refused rather than mixed in.
-    other = subprocess.run([sys.executable, "-m", "vlm", "demo", "--workdir", str(workdir)],
+    other = subprocess.run([sys.executable, "-m", "apps", "demo", "--workdir", str(workdir)],
                            capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert other.returncode == 1 and "holds a quick demo run" in other.stderr
 
@@ -274,7 +274,7 @@ NLVR = next(
 def test_quick_nlvr_recipe_continues_from_the_shapes_run(quick_run):
     workdir, first, _ = quick_run
     assert first.returncode == 0
-    result = subprocess.run([sys.executable, "-m", "vlm", "demo", "--quick", "--recipe", "nlvr", "--workdir", str(workdir),
+    result = subprocess.run([sys.executable, "-m", "apps", "demo", "--quick", "--recipe", "nlvr", "--workdir", str(workdir),
                              "--nlvr-data", str(NLVR)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((workdir / "nlvr-summary.json").read_text())

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 import eval.runner as runner
+from apps.cli import main as vlm_main
 from eval import BENCHMARKS, get_benchmark, read_predictions, run_eval, score_predictions
 from eval.loaders import COCO_URL, MMBENCH_URL, POPE_URL, VQAV2_URL
 from eval.shapes import write_shapes_dataset
 from tiny import build_tiny_vlm, make_image
-from vlm.cli import main as vlm_main
 
 SHORT = "Answer the question using a single word or phrase."
 LETTER = "Answer with the option's letter from the given choices directly."
@@ -559,7 +559,7 @@ def test_cli_smoke(model_dir, tmp_path):
     data = write_shapes(tmp_path / "shapes")
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "vlm", "eval", "--model", str(model_dir), "--benchmark", "shapes", "--data", str(data),
+        [sys.executable, "-m", "apps", "eval", "--model", str(model_dir), "--benchmark", "shapes", "--data", str(data),
          "--output", str(out), "--limit", "2", "--batch-size", "2", "--max-new-tokens", "3"],
         capture_output=True, text=True, timeout=300,
         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},

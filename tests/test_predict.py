@@ -160,7 +160,7 @@ def test_the_command_line(loaded, data, tmp_path):
     questions.write_text("".join(json.dumps(r) + "\n" for r in records))
     output = tmp_path / "out" / "answers.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "vlm", "predict", "--model", str(data / "model"), "--input", str(questions),
+        [sys.executable, "-m", "apps", "predict", "--model", str(data / "model"), "--input", str(questions),
          "--output", str(output), "--image-root", str(data / "imgs"), "--batch-size", "2",
          "--max-new-tokens", str(MAX_NEW_TOKENS)],
         capture_output=True, text=True, timeout=300, cwd=REPO,

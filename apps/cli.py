@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
-    from vlm import demo
+    from apps import demo
 
     p = commands.add_parser(
         "demo",

@@ -4,7 +4,7 @@ Steps (each one a command of this toolkit, printed before it runs, so it can be 
 
     data      vlm data shapes                  synthetic scenes: captions, instructions, held-out QA
     clip      python -m train.clip csv|train   a small CLIP trained contrastively on the captions
-    llm       python -m vlm.demo tiny-llm      (--quick only) a tiny random LLM with SmolLM2's tokenizer
+    llm       python -m apps.demo tiny-llm     (--quick only) a tiny random LLM with SmolLM2's tokenizer
     stage1    vlm train pretrain               the projector learns on the captions
     stage2    deepspeed ... train sft_lora     projector + LoRA on the instructions, ZeRO-2, 2 processes
                                                (2 CPU processes; with CUDA one per GPU up to 2; --procs N)
@@ -201,7 +201,7 @@ class DemoError(RuntimeError):
 def plan(workdir: Path, profile: Profile, python: str = sys.executable, hardware: Hardware = CPU_PAIR) -> list[Step]:
     """The steps of a shapes demo run in ``workdir`` on ``hardware``."""
     w = workdir
-    vlm = [python, "-m", "vlm"]
+    vlm = [python, "-m", "apps"]
     data, clip = w / "data", w / "clip"
     steps = [
         Step(
@@ -228,7 +228,7 @@ def plan(workdir: Path, profile: Profile, python: str = sys.executable, hardware
         llm = str(w / "llm")
         steps.append(Step(
             "llm", "build the tiny LLM (SmolLM2's tokenizer, random weights)",
-            [[python, "-m", "vlm.demo", "tiny-llm", "--out", llm]],
+            [[python, "-m", "apps.demo", "tiny-llm", "--out", llm]],
             lambda: (w / "llm" / "config.json").is_file(),
         ))
     stage1, stage2, merged = w / "stage1", w / "stage2", w / "merged"
@@ -295,7 +295,7 @@ def _stage2_step(name: str, title: str, python: str, init_from: Path, data: Path
 def _merge_step(name: str, python: str, run: Path, merged: Path) -> Step:
     return Step(
         name, "merge ZeRO shards + LoRA into one model",
-        [[python, "-m", "vlm", "merge", str(run), "--out", str(merged)]],
+        [[python, "-m", "apps", "merge", str(run), "--out", str(merged)]],
         lambda: (merged / "config.json").is_file(),
     )
 
@@ -306,7 +306,7 @@ def plan_nlvr(workdir: Path, profile: Profile, nlvr: NLVRProfile, nlvr_data: Pat
     NLVR dev, merge, and NLVR test with the no-image baseline."""
     base = [step for step in plan(workdir, profile, python, hardware) if step.name in ("data", "clip", "llm", "stage1")]
     w = workdir / "nlvr"
-    vlm = [python, "-m", "vlm"]
+    vlm = [python, "-m", "apps"]
     dev_json, stage1 = w / "dev.json", workdir / "stage1" / "model"
     steps = base + [
         Step(
@@ -349,7 +349,7 @@ def printable(command: Sequence[str], python: str = sys.executable, env: dict[st
     """The command as a user would type it: ``vlm ...`` / ``python -m ...`` / ``deepspeed ...`` instead of
     this interpreter's or launcher's path, after the variables ``env`` sets for it."""
     words = list(command)
-    if words[:3] == [python, "-m", "vlm"]:
+    if words[:3] == [python, "-m", "apps"]:
         words = ["vlm", *words[3:]]
     elif words[:1] == [python]:
         words = ["python", *words[1:]]
@@ -724,7 +724,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlm.demo")
+    parser = argparse.ArgumentParser(prog="python -m apps.demo")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("run", help="the demo (same as vlm demo)")
     add_arguments(demo)
