@@ -19,10 +19,9 @@ from train.data import (
     ConversationDataset,
     DataFormatError,
     SubsetDataset,
-    _index_json_array,
-    _index_jsonl,
     validate,
 )
+from train.data.index import index_json_array, index_jsonl
 
 
 def _png(path: Path, color=(255, 0, 0), size=(4, 3)) -> Path:
@@ -461,7 +460,7 @@ def test_json_array_index_matches_json_load(tmp_path, ensure_ascii, indent):
     expected = json.loads(path.read_bytes().decode("utf-8-sig"))
     raw = path.read_bytes()
     for chunk_bytes in [1, 2, 3, 5, 7, 16, 64, 1 << 20]:  # small chunks cut escapes, strings and brackets apart
-        ranges = _index_json_array(path, chunk_bytes=chunk_bytes)
+        ranges = index_json_array(path, chunk_bytes=chunk_bytes)
         assert [json.loads(raw[s:e]) for s, e in ranges] == expected, chunk_bytes
 
 
@@ -473,11 +472,11 @@ def test_jsonl_index_matches_lines(tmp_path):
     )  # blank lines, CRLF, no final newline
     raw = path.read_bytes()
     for chunk_bytes in [1, 3, 8, 1 << 20]:
-        ranges, line_numbers = _index_jsonl(path, chunk_bytes=chunk_bytes)
+        ranges, line_numbers = index_jsonl(path, chunk_bytes=chunk_bytes)
         assert [json.loads(raw[s:e]) for s, e in ranges] == [json.loads(line) for line in lines]
         assert line_numbers.tolist() == [1, 2, *range(5, 5 + len(lines) - 2)]
     path.write_text("\n".join(lines) + "\n")
-    ranges, line_numbers = _index_jsonl(path)
+    ranges, line_numbers = index_jsonl(path)
     assert len(ranges) == len(lines) and line_numbers is None
 
 
