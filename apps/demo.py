@@ -514,7 +514,8 @@ def summarize(workdir: Path, steps: list[Step], profile: Profile, wall_seconds: 
 
 
 def _nlvr_results(folder: Path, nlvr: NLVRProfile, nlvr_data: Path) -> dict[str, Any]:
-    from eval.nlvr import load_nlvr_split, majority_class_baseline, score_nlvr
+    from eval.metrics.nlvr import majority_class_baseline, score_nlvr
+    from eval.nlvr import load_nlvr_split
 
     results: dict[str, Any] = {}
     for name, key in (("image", "model"), ("no-image", "no_image")):

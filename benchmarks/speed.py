@@ -10,7 +10,7 @@ Usage::
 Shapes (full): open_clip ViT-B-16 (random weights: speed does not depend on them), 196 patch
 tokens from block -2, LLaVA's projector (``mlp2x_gelu``: LLaVA has no other, see
 ``benchmarks/llava_reference.py``), SmolLM2-135M-Instruct (the offline weights). Sequences are
-real training samples of the synthetic shapes data (``eval/shapes.py``) tokenized with the real
+real training samples of the synthetic shapes data (``eval/shapes/``) tokenized with the real
 tokenizer and chat template by the training code (``train.dataset``): captions for stage 1,
 1-3 turn QA for stage 2, eval questions for inference.
 

@@ -34,12 +34,14 @@ from eval.metrics import (
     gqa_score,
     mmbench_circular_score,
     mme_score,
+    parse_nlvr_answer,
     pope_score,
     scienceqa_score,
+    score_nlvr,
+    score_shapes,
     vqa_score,
 )
-from eval.nlvr import build_nlvr_prompt, parse_nlvr_answer, score_nlvr
-from eval.shapes import score_shapes
+from eval.nlvr import build_nlvr_prompt
 
 IMAGE_TOKEN = "<image>"
 """The image mark in benchmark prompts; the runner swaps in the processor's own if it differs."""

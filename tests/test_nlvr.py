@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from eval.metrics.nlvr import majority_class_baseline, parse_nlvr_answer, score_nlvr
 from eval.nlvr import (
     NLVR_CAPTION_PROMPT,
     NLVR_URL,
@@ -16,9 +17,6 @@ from eval.nlvr import (
     convert_nlvr_split,
     describe_nlvr_scene,
     load_nlvr_split,
-    majority_class_baseline,
-    parse_nlvr_answer,
-    score_nlvr,
 )
 
 # The shared data folder sits beside the repository (../shared) or, in some checkouts, inside it.

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eval.metrics.shapes import normalize_shapes_answer, score_shapes
 from eval.shapes import (
     BACKGROUND,
     COLORS,
@@ -30,11 +31,9 @@ from eval.shapes import (
     feasible_tasks,
     make_caption,
     make_qa,
-    normalize_answer,
     render,
     sample_scene,
     scene_seed,
-    score_shapes,
     write_shapes_dataset,
 )
 
@@ -242,7 +241,7 @@ def test_answers_match_the_scene(config: SceneConfig | None) -> None:
             asked[task] += 1
             assert qa.task == task
             assert qa.answer == _expected_answer(scene, task, qa.question), (scene, qa)
-            assert normalize_answer(qa.answer) == qa.answer  # references are already normal
+            assert normalize_shapes_answer(qa.answer) == qa.answer  # references are already normal
             if task == "position":
                 assert qa.answer in POSITIONS
     assert set(asked) == set(TASKS)
@@ -451,7 +450,7 @@ def test_bad_writer_arguments_fail_before_writing(
     ],
 )
 def test_normalize_answer(prediction: str, reference: str, same: bool) -> None:
-    assert (normalize_answer(prediction) == normalize_answer(reference)) is same
+    assert (normalize_shapes_answer(prediction) == normalize_shapes_answer(reference)) is same
 
 
 def test_score_shapes_arithmetic() -> None:

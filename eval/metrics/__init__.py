@@ -1,9 +1,10 @@
 """Official benchmark metrics, each as its benchmark's own script computes it.
 
 Pure Python (no torch). One module per benchmark family; each rule names the official source
-it follows. Units: accuracy-like rates are percentages in [0, 100], except per-question VQA
-accuracy and MME's acc / acc+ (fractions, as the official scripts keep them); MME scores are
-points (max 2000 perception, 800 cognition); BLEU and CIDEr-D are raw pycocoevalcap values.
+it follows (the synthetic shapes benchmark's scorer, ``shapes``, is this project's own). Units:
+accuracy-like rates are percentages in [0, 100], except per-question VQA accuracy and MME's
+acc / acc+ (fractions, as the official scripts keep them); MME scores are points (max 2000
+perception, 800 cognition); BLEU and CIDEr-D are raw pycocoevalcap values.
 """
 
 from eval.metrics.caption import (
@@ -38,6 +39,7 @@ from eval.metrics.mme import (
     read_mme_results_dir,
     read_mme_results_file,
 )
+from eval.metrics.nlvr import NLVRScore, majority_class_baseline, parse_nlvr_answer, score_nlvr
 from eval.metrics.pope import PopeMetrics, PopeRecord, parse_pope_answer, pope_metrics, pope_score
 from eval.metrics.scienceqa import (
     ScienceQARecord,
@@ -46,6 +48,7 @@ from eval.metrics.scienceqa import (
     parse_scienceqa_answer,
     scienceqa_score,
 )
+from eval.metrics.shapes import normalize_shapes_answer, score_shapes
 from eval.metrics.vqa import (
     VQARecord,
     VQAScore,
@@ -67,6 +70,7 @@ __all__ = [
     "MMEQuestion",
     "MMEScore",
     "MMESubtaskScore",
+    "NLVRScore",
     "PopeMetrics",
     "PopeRecord",
     "ScienceQARecord",
@@ -81,13 +85,16 @@ __all__ = [
     "extract_mmbench_option",
     "format_mmbench_question",
     "gqa_score",
+    "majority_class_baseline",
     "mmbench_circular_score",
     "mme_score",
     "mme_subtask_score",
     "normalize_gqa_prediction",
     "normalize_m4c_answer",
+    "normalize_shapes_answer",
     "normalize_vqa_answer",
     "parse_mme_answer",
+    "parse_nlvr_answer",
     "parse_pope_answer",
     "parse_scienceqa_answer",
     "pope_metrics",
@@ -98,6 +105,8 @@ __all__ = [
     "read_mme_results_dir",
     "read_mme_results_file",
     "scienceqa_score",
+    "score_nlvr",
+    "score_shapes",
     "tokenize_captions",
     "vqa_accuracy",
     "vqa_score",
