@@ -93,7 +93,7 @@ def test_printable_commands():
     assert printable([python, "-m", "train.clip", "csv"]) == "python -m train.clip csv"
     assert printable(["/venv/bin/deepspeed", "--num_gpus", "2"], env={"OMP_NUM_THREADS": "1"}) == "OMP_NUM_THREADS=1 deepspeed --num_gpus 2"
     assert printable(["/venv/bin/deepspeed", "x=a b"]) == "deepspeed 'x=a b'"
-    recorded = demo._recorded([["deepspeed", "--master_port", "29555", "--module", "train", "max_steps=4"]])
+    recorded = demo.runner.recorded_commands([["deepspeed", "--master_port", "29555", "--module", "train", "max_steps=4"]])
     assert recorded == [["deepspeed", "--master_port", "{port}", "--module", "train", "max_steps=4"]]
 
 
@@ -154,7 +154,7 @@ def test_the_hardware_is_detected(monkeypatch, gpus, procs, expected):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
-    monkeypatch.setattr(demo, "_usable_cores", lambda: 16)
+    monkeypatch.setattr(demo.hardware, "_usable_cores", lambda: 16)
     hardware = demo.detect_hardware(procs)
     assert (hardware.device, hardware.procs, hardware.threads) == (*expected, 16 // expected[1])
 
