@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import speed
+from benchmarks.speedbench.flops import CPU_ATTENTION_FLOPS
+from benchmarks.speedbench.machine import MATMUL_LAYOUTS
 
 REPO = Path(__file__).resolve().parents[1]
 needs_smollm2 = pytest.mark.skipif(
@@ -31,14 +33,14 @@ def test_help_runs_as_a_module_and_as_a_script():
 def test_cpu_attention_kernels_are_counted():
     """FlopCounterMode alone counts 0 for the CPU attention kernels; the benchmark adds them."""
     q = torch.randn(2, 4, 50, 16, requires_grad=True)
-    with FlopCounterMode(display=False, custom_mapping=speed.CPU_ATTENTION_FLOPS) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
     forward = 4 * 2 * 4 * 50 * 50 * 16  # QK^T and PV
     # torch's backward formula: dQ, dK, dV and the recomputed scores, 2.5x the forward
     assert counter.get_total_flops() == forward + 5 * forward // 2
     mha = torch.nn.MultiheadAttention(32, 4, batch_first=True).eval()  # open_clip's attention
     x = torch.randn(3, 10, 32)
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=speed.CPU_ATTENTION_FLOPS) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         mha(x, x, x, need_weights=False)
     assert counter.get_total_flops() == 2 * 3 * 10 * 32 * 32 * 4 + 4 * 3 * 10 * 10 * 32
 
@@ -72,7 +74,7 @@ def test_quick_run_in_process_fills_every_column(tmp_path, capsys):
     for line in report["summary"]:
         assert line["reference_ms"] > 0 and line["ratio"] > 0 and line["mfu_fp32"] > 0 and line["mfu_bf16"] > 0
     for peak in report["matmul_peak"].values():  # the best over operand layouts is the peak
-        assert peak["gflops"] == max(peak["by_layout"].values()) > 0 and set(peak["by_layout"]) == set(speed.MATMUL_LAYOUTS)
+        assert peak["gflops"] == max(peak["by_layout"].values()) > 0 and set(peak["by_layout"]) == set(MATMUL_LAYOUTS)
     assert report["machine"]["cores"] and report["machine"]["versions"]["transformers"]
     printed = capsys.readouterr().out
     assert "| row | dtype | ours ms | reference ms | ours/ref |" in printed and "decode, per token, batch 1" in printed
