@@ -153,7 +153,7 @@ def test_rerun_reuses_the_result_and_refuses_other_arguments(trained, monkeypatc
     def no_training(*args, **kwargs):
         raise AssertionError("re-running with the same output must not train again")
 
-    monkeypatch.setattr(clip_train.subprocess, "run", no_training)
+    monkeypatch.setattr(clip_train.training.subprocess, "run", no_training)
     before = trained["weights"].stat().st_mtime_ns
     again = train_clip(
         trained["csv"], trained["out"], MICRO_CLIP_CONFIG, pretrained=trained["root"] / "init.safetensors", **TRAIN_ARGS
