@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.wording import join_words
 from vlm.atomic import atomic_write_json
 
 NLVR_URL = "https://github.com/lil-lab/nlvr"
@@ -193,13 +194,9 @@ _BOX_SIDE = 100  # each box is 100x100 units; x_loc, y_loc are an object's top-l
 _TOWER_X, _TOWER_SIZE, _TOWER_BOTTOM_Y, _TOWER_STEP = 40, 20, 80, 21  # as drawn in tower scenes
 
 
-def _count(n: int, noun: str, plural: str | None = None) -> str:
+def _spelled_count(n: int, noun: str, plural: str | None = None) -> str:
     word = _NUMBER_WORDS[n] if n < len(_NUMBER_WORDS) else str(n)
     return f"{word} {noun if n == 1 else plural or noun + 's'}"
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _color_name(color: str) -> str:
@@ -230,7 +227,7 @@ def _describe_object(obj: dict[str, Any]) -> str:
         if touches
     ]
     if edges:
-        text += f" touching the {_join(edges)} edge{'s' if len(edges) > 1 else ''}"
+        text += f" touching the {join_words(edges)} edge{'s' if len(edges) > 1 else ''}"
     return text
 
 
@@ -241,12 +238,12 @@ def _describe_box(ordinal: str, objects: list[dict[str, Any]]) -> str:
         colors = [_color_name(o["color"]) for o in sorted(objects, key=lambda o: -o["y_loc"])]
         if len(colors) == 1:
             return f"The {ordinal} box has a tower of one {colors[0]} block."
-        blocks = _count(len(colors), "block")
-        return f"The {ordinal} box has a tower of {blocks}, from bottom to top {_join(colors)}."
+        blocks = _spelled_count(len(colors), "block")
+        return f"The {ordinal} box has a tower of {blocks}, from bottom to top {join_words(colors)}."
     # Top to bottom, then left to right, so the caption reads like the picture.
     ordered = sorted(objects, key=lambda o: (o["y_loc"], o["x_loc"]))
-    described = _join([_describe_object(o) for o in ordered])
-    return f"The {ordinal} box has {_count(len(ordered), 'object')}: {described}."
+    described = join_words([_describe_object(o) for o in ordered])
+    return f"The {ordinal} box has {_spelled_count(len(ordered), 'object')}: {described}."
 
 
 def describe_nlvr_scene(
@@ -263,7 +260,7 @@ def describe_nlvr_scene(
         raise ValueError(
             f"box_order {tuple(box_order)} is not a permutation of the {len(structured_rep)} boxes."
         )
-    sentences = [f"{_count(len(structured_rep), 'box', 'boxes').capitalize()}."]
+    sentences = [f"{_spelled_count(len(structured_rep), 'box', 'boxes').capitalize()}."]
     for position, box_index in enumerate(box_order):
         ordinal = _ORDINALS[position] if position < len(_ORDINALS) else f"box {position + 1}"
         sentences.append(_describe_box(ordinal, structured_rep[box_index]))

@@ -30,20 +30,16 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from vlm.atomic import atomic_file
+from vlm.digest import file_sha256
 
 CACHE_FORMAT = 1
 
 
 def image_digest(image: Path | bytes) -> str:
     """sha256 of an image file's bytes (or of embedded image bytes)."""
-    digest = hashlib.sha256()
     if isinstance(image, (bytes, bytearray)):
-        digest.update(image)
-        return digest.hexdigest()
-    with open(image, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.sha256(image).hexdigest()
+    return file_sha256(image)
 
 
 def tower_fingerprint(vision_tower: torch.nn.Module, image_processor: Any) -> str:

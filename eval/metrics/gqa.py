@@ -14,6 +14,8 @@ from typing import TypedDict
 
 from typing_extensions import NotRequired  # typing.NotRequired needs Python 3.11
 
+from eval.metrics.records import each_question_once
+
 
 class GQARecord(TypedDict):
     """One GQA question with the model's answer."""
@@ -44,12 +46,7 @@ def normalize_gqa_prediction(text: str) -> str:
 def gqa_score(records: Iterable[GQARecord]) -> GQAScore:
     """Score GQA answers by exact match after :func:`normalize_gqa_prediction`."""
     num_questions = num_correct = 0
-    seen: set[str] = set()
-    for record in records:
-        question_id = record["question_id"]
-        if question_id in seen:
-            raise ValueError(f"GQA question {question_id!r} appears twice; give one answer per question")
-        seen.add(question_id)
+    for record in each_question_once(records, "GQA"):
         # GQA eval.py: only balanced questions enter "accuracy".
         if not record.get("is_balanced", True):
             continue

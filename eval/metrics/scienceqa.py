@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
+from eval.metrics.records import each_question_once
+
 # llava/eval/eval_science_qa.py `--options` default: ScienceQA has at most 5 choices.
 OPTION_LETTERS: tuple[str, ...] = ("A", "B", "C", "D", "E")
 # llava/eval/model_vqa_science.py `--single-pred-prompt` suffix.
@@ -120,12 +122,8 @@ def parse_scienceqa_answer(prediction: str, num_choices: int) -> str | None:
 def scienceqa_score(records: Iterable[ScienceQARecord]) -> ScienceQAScore:
     """Score ScienceQA answers: accuracy overall and on image questions (IMG), as percentages."""
     num_questions = num_correct = num_failed = num_image = num_image_correct = 0
-    seen: set[str] = set()
-    for record in records:
+    for record in each_question_once(records, "ScienceQA"):
         question_id = record["question_id"]
-        if question_id in seen:
-            raise ValueError(f"ScienceQA question {question_id!r} appears twice; give one answer per question")
-        seen.add(question_id)
         num_choices = len(record["choices"])
         if num_choices > len(OPTION_LETTERS):
             raise ValueError(

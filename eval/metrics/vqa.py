@@ -30,6 +30,8 @@ from typing import Literal, TypedDict
 
 from typing_extensions import NotRequired  # typing.NotRequired needs Python 3.11
 
+from eval.metrics.records import each_question_once
+
 VQAMode = Literal["vqav2", "m4c"]
 VQA_MODES: tuple[VQAMode, ...] = ("vqav2", "m4c")
 NUM_HUMAN_ANSWERS = 10
@@ -239,12 +241,8 @@ def vqa_score(records: Iterable[VQARecord], mode: VQAMode = "vqav2") -> VQAScore
     """
     per_question: list[float] = []
     per_type: dict[str, list[float]] = defaultdict(list)
-    seen: set[int | str] = set()
-    for record in records:
+    for record in each_question_once(records, answer="prediction"):
         question_id = record["question_id"]
-        if question_id in seen:
-            raise ValueError(f"question {question_id!r} appears twice; give one prediction per question")
-        seen.add(question_id)
         accuracy = vqa_accuracy(record["prediction"], record["answers"], mode, question_id)
         per_question.append(accuracy)
         answer_type = record.get("answer_type")

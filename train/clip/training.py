@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,6 +24,7 @@ from train.clip.folder import (
 )
 from train.clip.pairs import CSV_CAPTION_KEY, CSV_IMAGE_KEY, CSV_SEPARATOR, count_csv_rows
 from vlm.atomic import atomic_directory, atomic_write_json
+from vlm.digest import file_sha256
 
 # Only a crop of the whole image: a shapes caption names absolute positions ("at the top left"),
 # which open_clip's default RandomResizedCrop(scale=(0.9, 1)) would move.
@@ -125,7 +125,7 @@ def train_clip(
             "model_name": name,
             "model_config": config,
             "train_csv": str(csv_path),
-            "train_csv_sha256": _sha256(csv_path),
+            "train_csv_sha256": file_sha256(csv_path),
             "val_csv": None if val_csv is None else str(val_csv),
             "pretrained": None if pretrained is None else str(Path(pretrained).absolute()),
             "epochs": epochs,
@@ -277,14 +277,6 @@ def _require_training_extra() -> None:
     ]
     if missing:
         raise ImportError(f"training a CLIP needs {missing}: pip install 'open_clip_torch[training]'")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_roundtrip(obj: Any) -> Any:

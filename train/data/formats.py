@@ -104,7 +104,7 @@ def image_bytes(field: Any) -> list[bytes]:
     return images
 
 
-def _count(n: int, noun: str) -> str:
+def _numbered(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
@@ -114,4 +114,4 @@ def check_image_tags(messages: list[dict[str, str]], num_images: int, image_toke
             raise InvalidRecord(f"{image_token} in turn {t} ({message['role']}); image tags belong in user turns")
     tags = sum(m["content"].count(image_token) for m in messages)
     if tags != num_images:
-        raise InvalidRecord(f"{_count(tags, image_token + ' tag')} but {_count(num_images, 'image')}")
+        raise InvalidRecord(f"{_numbered(tags, image_token + ' tag')} but {_numbered(num_images, 'image')}")
