@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 DESCRIPTION = """Build, train, merge, chat with and evaluate LLaVA / MiniMind-V style vision-language models.
 
@@ -112,31 +113,22 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    from train.cli import build_parser
+    from train import cli as train_cli
 
-    p = commands.add_parser("train", help="train a VLM in stages (pretrain, sft, LoRA; single process or DeepSpeed)")
-    build_parser(p)
-    p.set_defaults(run=_run_train)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from train.cli import run
-
-    return run(args)
+    _add_library_command(commands, "train", "train a VLM in stages (pretrain, sft, LoRA; single process or DeepSpeed)", train_cli)
 
 
 def _add_merge(commands: argparse._SubParsersAction) -> None:
-    from train.merge import build_parser
+    from train import merge
 
-    p = commands.add_parser("merge", help="merge a training output (ZeRO shards + LoRA) into one verified HF model folder")
-    build_parser(p)
-    p.set_defaults(run=_run_merge)
+    _add_library_command(commands, "merge", "merge a training output (ZeRO shards + LoRA) into one verified HF model folder", merge)
 
 
-def _run_merge(args: argparse.Namespace) -> int:
-    from train.merge import run
-
-    return run(args)
+def _add_library_command(commands: argparse._SubParsersAction, name: str, help: str, module: Any) -> None:
+    """A command whose parser and runner are the library module's own ``build_parser`` and ``run``."""
+    p = commands.add_parser(name, help=help)
+    module.build_parser(p)
+    p.set_defaults(run=module.run)
 
 
 def _add_generation_options(p: argparse.ArgumentParser, what: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from eval.shapes.scenes import Scene, Shape
@@ -17,6 +16,7 @@ from eval.shapes.vocabulary import (
     POSITION_PHRASES,
     TASKS,
 )
+from eval.wording import join_words
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,6 @@ def _with_article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-def _join(items: Sequence[str]) -> str:
-    if len(items) == 1:
-        return items[0]
-    return ", ".join(items[:-1]) + " and " + items[-1]
-
-
 def make_caption(scene: Scene, rng: random.Random) -> str:
     """One sentence naming every shape (size, colour, kind, position), in reading order.
 
@@ -117,7 +111,7 @@ def make_caption(scene: Scene, rng: random.Random) -> str:
     parts = [
         f"{_with_article(s.size)} {s.color} {s.kind} {POSITION_PHRASES[s.position]}" for s in ordered
     ]
-    listed = _join(parts)
+    listed = join_words(parts)
     n = len(ordered)
     are_n = "is one shape" if n == 1 else f"are {NUMBER_WORDS[n]} shapes"
     template = rng.choice(_CAPTION_TEMPLATES)
@@ -164,19 +158,9 @@ def make_qa(scene: Scene, task: str, rng: random.Random, *, polarity: bool | Non
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {TASKS}")
     if task == "color":
-        kinds = _unique_values(scene, "kind")
-        if not kinds:
-            return None
-        kind = rng.choice(kinds)
-        color = next(s.color for s in scene.shapes if s.kind == kind)
-        return QA(task, rng.choice(_QUESTIONS["color"]).format(kind=kind), color)
+        return _attribute_qa(scene, rng, task, known="kind", asked="color")
     if task == "shape":
-        colors = _unique_values(scene, "color")
-        if not colors:
-            return None
-        color = rng.choice(colors)
-        kind = next(s.kind for s in scene.shapes if s.color == color)
-        return QA(task, rng.choice(_QUESTIONS["shape"]).format(color=color), kind)
+        return _attribute_qa(scene, rng, task, known="color", asked="kind")
     if task == "count":
         return _count_qa(scene, rng)
     if task == "position":
@@ -190,6 +174,17 @@ def make_qa(scene: Scene, task: str, rng: random.Random, *, polarity: bool | Non
     if task == "existence":
         return _existence_qa(scene, rng, want_yes)
     return _comparison_qa(scene, rng, want_yes)
+
+
+def _attribute_qa(scene: Scene, rng: random.Random, task: str, known: str, asked: str) -> QA | None:
+    """Ask for the `asked` attribute of the one shape whose `known` attribute is unique in the scene
+    ("What color is the {kind}?" -> its colour); None when no `known` value is unique."""
+    values = _unique_values(scene, known)
+    if not values:
+        return None
+    value = rng.choice(values)
+    answer = next(getattr(s, asked) for s in scene.shapes if getattr(s, known) == value)
+    return QA(task, rng.choice(_QUESTIONS[task]).format(**{known: value}), answer)
 
 
 def _count_qa(scene: Scene, rng: random.Random) -> QA:
