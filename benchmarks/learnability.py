@@ -38,21 +38,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from eval.shapes import (
-    COLORS,
-    IMAGE_SIZE,
-    KINDS,
-    POSITIONS,
-    SIZES,
-    Scene,
-    SceneConfig,
-    make_caption,
-    sample_scene,
-    scene_seed,
-)
+from benchmarks.learnbench.tokens import oracle_tokens, scene_text, tower_tokens, word_projector
 from projector import calibrate_projector
 from projector.align import align_projector_to_words
 from train.dataset import VLMCollator
@@ -63,90 +51,6 @@ from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
 
 ROLES = {"human": "user", "gpt": "assistant"}
-PATCH = 16
-GRID = IMAGE_SIZE // PATCH  # 14 x 14 = 196 patches
-
-
-# ------------------------------------------------------------------------------------- tokens
-
-
-def scene_of(stem: str, max_shapes: int) -> Scene:
-    """The scene the shapes image ``stem`` (``train_s0_000012``: split, base seed, index) was drawn from."""
-    split, seed, index = stem.split("_")
-    return sample_scene(scene_seed(int(seed[1:]), split, int(index)), SceneConfig(max_shapes=max_shapes))
-
-
-def scene_text(stem: str, max_shapes: int) -> str:
-    """The scene as one sentence naming every shape's size, colour, kind and position (``--tokens text``)."""
-    scene = scene_of(stem, max_shapes)
-    return make_caption(scene, random.Random(f"learnability/{scene.seed}"))
-
-
-def patch_cell(row: int, col: int) -> int:
-    """The 3x3 image cell (an index into POSITIONS) that holds the centre of patch (row, col)."""
-    return ((row * PATCH + PATCH // 2) * 3 // IMAGE_SIZE) * 3 + (col * PATCH + PATCH // 2) * 3 // IMAGE_SIZE
-
-
-def oracle_tokens(stem: str, max_shapes: int, width: int) -> torch.Tensor:
-    """Perfect ``(196, width)`` patch tokens for the shapes image ``stem``."""
-    scene = scene_of(stem, max_shapes)
-    colors, sizes = list(COLORS), list(SIZES)
-    offsets = {"color": 0, "kind": len(colors), "size": len(colors) + len(KINDS)}
-    cell_offset = offsets["size"] + len(sizes)
-    centre_channel = cell_offset + len(POSITIONS)
-    if centre_channel + 1 > width:
-        raise ValueError(f"oracle tokens need {centre_channel + 1} channels, the tower gives {width}")
-    tokens = torch.zeros(GRID, GRID, width)
-    for shape in scene.shapes:  # drawing order: a later shape covers an earlier one
-        left, top, right, bottom = shape.box
-        for row in range(top // PATCH, bottom // PATCH + 1):
-            for col in range(left // PATCH, right // PATCH + 1):
-                tokens[row, col] = 0.0
-                tokens[row, col, offsets["color"] + colors.index(shape.color)] = 1.0
-                tokens[row, col, offsets["kind"] + KINDS.index(shape.kind)] = 1.0
-                tokens[row, col, offsets["size"] + sizes.index(shape.size)] = 1.0
-                cell = patch_cell(row, col)
-                tokens[row, col, cell_offset + cell] = 1.0
-    for shape in scene.shapes:
-        tokens[shape.cy // PATCH, shape.cx // PATCH, centre_channel] = 1.0
-    return tokens.reshape(GRID * GRID, width)
-
-
-ORACLE_WORDS = [*COLORS, *KINDS, *SIZES, *POSITIONS, "shape"]
-"""The word each oracle channel stands for, in channel order (the last: the centre flag)."""
-
-
-@torch.no_grad()
-def word_projector(model: VLMForCausalLM, processor: VLMProcessor) -> None:
-    """Set a linear projector so each oracle channel maps to its word's input embedding (mean over its tokens).
-
-    An oracle patch token then enters the LLM as the sum of the embeddings of the words that
-    describe it (" red" + " circle" + " small" + " top left"): the image read as a bag of words.
-    """
-    linears = [m for m in model.projector.modules() if isinstance(m, torch.nn.Linear)]
-    if len(linears) != 1:
-        raise ValueError("--projector oracle-words needs the linear projector")
-    linear = linears[0]
-    table = model.language_model.get_input_embeddings().weight
-    linear.weight.zero_()
-    if linear.bias is not None:
-        linear.bias.zero_()
-    for channel, word in enumerate(ORACLE_WORDS):
-        ids = processor.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-        linear.weight[:, channel] = table[ids].mean(0)
-
-
-@torch.no_grad()
-def tower_tokens(model: VLMForCausalLM, processor: VLMProcessor, paths: list[Path], batch: int = 32) -> dict[str, torch.Tensor]:
-    """The model's frozen vision tower's patch tokens for each image, keyed by file stem."""
-    out = {}
-    for start in tqdm(range(0, len(paths), batch), desc="tower tokens", file=sys.stderr, leave=False):
-        chunk = paths[start : start + batch]
-        images = [Image.open(p).convert("RGB") for p in chunk]
-        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
-        for path, tokens in zip(chunk, model.vision_tower(pixels).float(), strict=True):
-            out[path.stem] = tokens.clone()
-    return out
 
 
 # --------------------------------------------------------------------------------------- data
@@ -161,6 +65,25 @@ def as_text(processor: VLMProcessor, messages: list[dict[str, str]], description
     if description is None:
         return messages
     return [{**m, "content": m["content"].replace(processor.image_token, f"Image: {description}")} for m in messages]
+
+
+def with_caption_turns(records: list[dict[str, Any]], captions: list[dict[str, Any]], where: str) -> list[dict[str, Any]]:
+    """Each conversation with its image's caption turn (the captions file's prompt and reply) added ``first`` or ``last``."""
+    by_image = {Path(c["image"]).stem: c["conversations"] for c in captions}
+    out = []
+    for record in records:
+        caption = by_image.get(Path(record["image"]).stem)
+        if caption is None:
+            raise SystemExit(f"no caption for {record['image']} in captions.json")
+        turns = record["conversations"]
+        if where == "last":
+            prompt = caption[0]["value"].replace("<image>", "").strip()
+            turns = [*turns, {"from": "human", "value": prompt}, caption[1]]
+        else:  # the caption opens the conversation and takes the image tag
+            first = turns[0]["value"].replace("<image>", "").strip()
+            turns = [*caption, {"from": "human", "value": first}, *turns[1:]]
+        out.append({**record, "conversations": turns})
+    return out
 
 
 def training_examples(processor: VLMProcessor, records: list[dict[str, Any]], describe=None) -> list[dict[str, Any]]:
@@ -320,6 +243,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stage1-steps", type=int, help="projector-only caption steps first (default: 20 for oracle, 0 for tower)")
     parser.add_argument("--stage1-batch", type=int, default=8)
     parser.add_argument("--stage1-lr", type=float, default=2e-3)
+    parser.add_argument("--stage1-data", choices=("captions", "instruct"), default="captions",
+                        help="what the projector-only first steps read: the captions (the demo's stage 1) or the "
+                             "stage-2 conversations (the frozen LLM must answer from what the projector gives it)")
     parser.add_argument("--steps", type=int, default=64, help="stage-2 steps")
     parser.add_argument("--batch", type=int, default=8, help="stage-2 conversations per step")
     parser.add_argument("--lr", type=float, default=5e-4, help="LoRA (or, with --lora-r 0, full LLM) learning rate")
@@ -327,11 +253,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora-r", type=int, default=32, help="LoRA rank (alpha = 2 r); 0 trains the whole LLM")
     parser.add_argument("--warmup", type=float, default=0.05, help="warmup fraction of the steps")
     parser.add_argument("--data", help="stage-2 conversations (default: WORKDIR/data/instruct.json)")
+    parser.add_argument("--caption-turn", choices=("none", "last", "first"), default="none",
+                        help="add the image's caption (WORKDIR/data/captions.json) to each stage-2 conversation as its last "
+                             "turn, or as its first (then the later questions can be read from the caption's text)")
+    parser.add_argument("--stage1-lora", action="store_true",
+                        help="stage 1 trains LoRA with the projector (the same adapter then continues in stage 2), "
+                             "instead of the projector alone")
     parser.add_argument("--eval-every", type=int, default=16)
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N held-out questions only")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="write the curve as JSON here")
+    parser.add_argument("--save", help="save the trained model (adapter merged) as a VLM folder here, for `vlm eval` / inspection")
     return parser.parse_args(argv)
 
 
@@ -380,10 +313,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.tokens == "text" and projector_mode != "keep":
         raise SystemExit("--tokens text has no image tokens: leave --projector at keep")
     all_captions = json.loads((data / "captions.json").read_text())
+    if args.caption_turn != "none":
+        instruct = with_caption_turns(instruct, all_captions, args.caption_turn)
     rng = random.Random(args.seed)
     needed = min(len(instruct), args.steps * args.batch)
     instruct = rng.sample(instruct, needed)
-    captions = rng.sample(all_captions, min(len(all_captions), stage1_steps * args.stage1_batch))
+    stage1_pool = all_captions if args.stage1_data == "captions" else json.loads(Path(args.data or data / "instruct.json").read_text())
+    captions = rng.sample(stage1_pool, min(len(stage1_pool), stage1_steps * args.stage1_batch))
     aligned = all_captions[: args.align_images] if projector_mode == "align" else []
     stems = {Path(r["image"]).stem for r in instruct + captions + aligned} | {Path(q["image"]).stem for q in questions}
     width = next(m for m in model.projector.modules() if isinstance(m, torch.nn.Linear)).in_features
@@ -402,6 +338,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def record(phase: str, step: int, losses: list[float]) -> None:
         result = evaluate(model, items, features, pad_id)
         result.pop("predictions")
+        if features:
+            with torch.no_grad():
+                sample = torch.stack([features[item["stem"]] for item in items[:16]])
+                result["image_token_norm"] = round(model.get_image_features(vision_features=sample).norm(dim=-1).mean().item(), 4)
         window = losses[-max(1, args.eval_every):]
         row = {"phase": phase, "step": step, "loss": sum(window) / len(window) if window else None,
                "seconds": round(time.perf_counter() - started, 1), **result}
@@ -428,15 +368,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 seed=args.seed, progress=lambda step, loss: (bar.update(), bar.set_postfix(loss=f"{loss:.3f}")))
             bar.close()
             print(f"word alignment: {stats}", file=sys.stderr)
-    if stage1_steps:
-        stage = apply_stage(model, SimpleNamespace(stage="pretrain", train_last_n_llm_layers=0))
-        cfg = SimpleNamespace(steps=stage1_steps, batch=args.stage1_batch, lr=args.stage1_lr, projector_lr=args.stage1_lr,
-                              warmup=0.1, seed=args.seed)
-        losses = train(stage, training_examples(processor, captions), features, cfg, collate)
-        record("stage1", stage1_steps, losses)
     stage_cfg = SimpleNamespace(stage="sft", lora=args.lora_r > 0, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
                                 lora_dropout=0.0, lora_target_modules="all-linear", train_last_n_llm_layers=0)
-    stage = apply_stage(model, stage_cfg)
+    if stage1_steps:
+        if args.stage1_lora:
+            stage = apply_stage(model, stage_cfg)
+        else:
+            stage = apply_stage(model, SimpleNamespace(stage="pretrain", train_last_n_llm_layers=0))
+        cfg = SimpleNamespace(steps=stage1_steps, batch=args.stage1_batch, lr=args.lr if args.stage1_lora else args.stage1_lr,
+                              projector_lr=args.stage1_lr, warmup=0.1, seed=args.seed)
+        def on_stage1_step(step: int, losses: list[float]) -> None:
+            if step % args.eval_every == 0 and step != stage1_steps:
+                record("stage1", step, losses)
+
+        losses = train(stage, training_examples(processor, captions), features, cfg, collate, on_stage1_step)
+        record("stage1", stage1_steps, losses)
+    if not (stage1_steps and args.stage1_lora):
+        stage = apply_stage(model, stage_cfg)
     examples = training_examples(processor, instruct, describe)
     record("start", 0, [])
 
@@ -445,6 +393,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             record("stage2", step, losses)
 
     train(stage, examples, features, args, collate, on_step)
+    if args.save:
+        trained = stage.merge_and_unload() if hasattr(stage, "merge_and_unload") else stage
+        trained.save_pretrained(args.save)
+        processor.save_pretrained(args.save)
     table = render(curve)
     print(table)
     if args.out:

@@ -1,0 +1,1 @@
+"""Parts of `benchmarks.learnability`: the tokens it trains on."""
