@@ -161,3 +161,73 @@ def test_unmerged_loading_names_the_base_from_the_checkpoint(runs, base):
     model, _, base_path, kind, zero = load_unmerged(runs["zero2-lora"] / "checkpoint-1")
     assert kind == "lora" and zero and base_path == base
     assert json.loads((runs["zero2-lora"] / "checkpoint-1" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+
+
+# ------------------------------------------------------------------ crafted checkpoints (issue: a checkpoint can run code)
+
+
+def test_every_pickle_deepspeed_and_the_trainer_write_loads_weights_only(runs):
+    """The allowlist is exactly enough: each .pt/.pth of real ZeRO-2/3 (LoRA and full) checkpoints loads with it."""
+    from train.checkpoint_types import training_state_types
+    from vlm.safe_load import UnsafePickleError, load_pickle
+
+    for name in RUNS:
+        checkpoint = runs[name] / "checkpoint-3"
+        pickles = [p for p in checkpoint.rglob("*") if p.suffix in (".pt", ".pth")]
+        assert len(pickles) >= 5, pickles  # model states, 2 optimizer shards, scheduler, 2 RNG states
+        for path in pickles:
+            load_pickle(path, training_state_types())
+        with pytest.raises(UnsafePickleError, match="training_args.bin: refused"):  # loaded by nothing
+            load_pickle(checkpoint / "training_args.bin", training_state_types())
+
+
+@pytest.fixture(scope="module")
+def crafted(runs, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """Copies of the ZeRO-2 runs whose checkpoint-3 has a payload in a model-states / optimizer shard."""
+    from hostile import plant
+    from train.checkpoint_types import training_state_types
+
+    root = tmp_path_factory.mktemp("crafted")
+    out = {}
+    for name, shard in (("zero2-full", "mp_rank_00_model_states.pt"), ("zero2-lora", "zero_pp_rank_1_mp_rank_00_optim_states.pt")):
+        run = root / name
+        shutil.copytree(runs[name], run, ignore=shutil.ignore_patterns("model", "checkpoint-1", "checkpoint-2"))
+        marker = root / f"{name}.ran"
+        plant(run / "checkpoint-3" / "global_step3" / shard, marker, training_state_types())
+        out[name] = (run, marker)
+    return out
+
+
+@pytest.mark.parametrize("name", ["zero2-full", "zero2-lora"])
+def test_merge_of_a_crafted_zero_checkpoint_is_refused_and_runs_nothing(name, crafted, tmp_path, capsys):
+    from apps.cli import main as vlm_main
+
+    run, marker = crafted[name]
+    code = vlm_main(["merge", str(run / "checkpoint-3"), "--out", str(tmp_path / "merged")])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and not marker.exists()
+    assert err.startswith(f"vlm merge: error: {run / 'checkpoint-3' / 'global_step3'}/") and "refused to load" in err, err
+    assert not (tmp_path / "merged").exists() and not list(tmp_path.glob(".merged.tmp-*"))
+
+
+@pytest.mark.parametrize("name", ["zero2-full", "zero2-lora"])
+def test_chat_with_a_crafted_zero_checkpoint_never_reads_the_shards(name, crafted, capsys):
+    """chat loads the checkpoint's safetensors (model or adapter) only: the payload stays inert."""
+    from apps.cli import main as vlm_main
+
+    run, marker = crafted[name]
+    assert vlm_main(["chat", "--model", str(run / "checkpoint-3"), "--prompt", "hi", "--max-new-tokens", "2"]) == 0
+    assert not marker.exists()
+
+
+def test_resume_of_a_crafted_zero_checkpoint_is_refused_and_runs_nothing(crafted):
+    run, marker = crafted["zero2-full"]
+    config = run.parent / "resume.yaml"
+    settings = yaml.safe_load((run / "train_config.yaml").read_text())
+    config.write_text(yaml.safe_dump({**settings, "output_dir": str(run), "max_steps": 4, "resume": True}))
+    result = run_deepspeed(config, port=29631)
+    assert result.returncode != 0 and not marker.exists()
+    errors = [line for line in result.stderr.splitlines() if line.startswith("train: error:")]
+    assert len(errors) == 1, result.stderr[-3000:]  # said once, not once per process
+    assert f"{run / 'checkpoint-3' / 'global_step3' / 'mp_rank_00_model_states.pt'}: refused to load" in errors[0]
+    assert not (run / "checkpoint-4").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 DESCRIPTION = """Train a VLM in stages from a YAML config plus key=value overrides.
@@ -50,5 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except (FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"train: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every process fails alike; say it once
+            print(f"train: error: {err}", file=sys.stderr)
         return 2

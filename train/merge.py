@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from train.checkpoint_types import training_state_types
 from vlm.atomic import atomic_directory
 from vlm.loading import adapter_base, resolve_model_dir
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
+from vlm.safe_load import UnsafePickleError, weights_only_loads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Max |logit difference| allowed between merged and unmerged, relative to the logits' scale
@@ -66,7 +68,12 @@ def zero_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:
-        return get_fp32_state_dict_from_zero_checkpoint(str(folder))
+        # zero_to_fp32 reads the shards with torch.load(weights_only=False): a crafted shard would run
+        # code here. Its consolidation is kept, its loads made weights-only (train.checkpoint_types).
+        with weights_only_loads(training_state_types()):
+            return get_fp32_state_dict_from_zero_checkpoint(str(folder))
+    except UnsafePickleError as err:
+        raise MergeError(str(err)) from None
     except (ValueError, FileNotFoundError, KeyError) as err:
         raise MergeError(f"cannot consolidate the ZeRO checkpoint in {folder}: {err}") from err
 

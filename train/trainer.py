@@ -12,6 +12,7 @@ scheduler, RNG and data position) is the Trainer's own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,10 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.trainer_utils import rotate_checkpoints as hf_rotate_checkpoints
+
+from train.checkpoint_types import training_state_types
+from vlm.atomic import explained_write_errors, removed_on_failure
+from vlm.safe_load import weights_only_loads
 
 STAGING_DIR = ".staging"
 
@@ -44,6 +49,13 @@ class VLMTrainer(Trainer):
         if "loss" in logs or self._last_log is None:
             self._last_log = (now, step)
         super().log(logs, start_time)
+
+    def train(self, *args: Any, **kwargs: Any):
+        # Resuming loads the checkpoint's pickles (model and optimizer states, scheduler, RNG) in
+        # here; DeepSpeed's engine loads its shards with weights_only=False, so a crafted one would
+        # run code. Every load of the run is made weights-only with the types these libraries write.
+        with weights_only_loads(training_state_types()):
+            return super().train(*args, **kwargs)
 
     def _inner_training_loop(self, *args: Any, **kwargs: Any):
         self._last_log = None  # the clock starts with the first step of this (possibly resumed) run
@@ -129,7 +141,9 @@ class VLMTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         self._staging = True
         try:
-            super()._save_checkpoint(model, trial)
+            # A full disk or read-only folder: one line, and the partial checkpoint is removed.
+            with explained_write_errors(final), removed_on_failure(staged if self.args.should_save else None):
+                super()._save_checkpoint(model, trial)
         finally:
             self._staging = False
         self.accelerator.wait_for_everyone()
@@ -137,6 +151,8 @@ class VLMTrainer(Trainer):
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.replace(staged, final)
+            with contextlib.suppress(OSError):  # empty now: leave no hidden folder behind
+                os.rmdir(os.path.dirname(staged))
             hf_rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit, use_mtime=False)
         self.accelerator.wait_for_everyone()
 
@@ -154,5 +170,5 @@ class MetricsLogger(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with explained_write_errors(self.path), open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")

@@ -21,6 +21,7 @@ from torch import nn
 
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
+from vlm.safe_load import weights_only_loads
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -48,7 +49,16 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
 def load_model(
     path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, VLMProcessor]:
-    """Model (eval mode) and processor for ``path``; a LoRA adapter is applied unmerged."""
+    """Model (eval mode) and processor for ``path``; a LoRA adapter is applied unmerged.
+
+    Weights are read from safetensors; a ``.bin`` that transformers or peft falls back to is loaded
+    weights-only (:mod:`vlm.safe_load`), and refused, naming the file, if it holds anything else.
+    """
+    with weights_only_loads():
+        return _load_model(path, dtype, device)
+
+
+def _load_model(path: str | os.PathLike, dtype: torch.dtype, device: str | torch.device) -> tuple[nn.Module, VLMProcessor]:
     folder = resolve_model_dir(path)
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
