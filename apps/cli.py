@@ -265,6 +265,7 @@ batched answers equal one-at-a-time answers.""",
 
 
 def _run_predict(args: argparse.Namespace) -> int:
+    from vlm.atomic import explained_write_errors, output_lock
     from vlm.chat import load_for_chat
     from vlm.predict import predict_file
 
@@ -274,12 +275,16 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--image-root {args.image_root}: no such folder")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model, processor = load_for_chat(args.model, device=args.device, dtype=args.dtype)
-    report = predict_file(
-        model, processor, args.input, args.output, image_root=args.image_root, batch_size=args.batch_size,
-        system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-        seed=args.seed,
-    )
+    with explained_write_errors(args.output):
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+    # One writer per answers file: two runs would both append every answer.
+    with output_lock(args.output, "vlm predict"), explained_write_errors(args.output):
+        model, processor = load_for_chat(args.model, device=args.device, dtype=args.dtype)
+        report = predict_file(
+            model, processor, args.input, args.output, image_root=args.image_root, batch_size=args.batch_size,
+            system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+            seed=args.seed,
+        )
     print(f"{args.output}: {report}", file=sys.stderr)
     return 0
 

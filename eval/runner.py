@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import binascii
+import contextlib
 import io
 import json
 import os
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from eval.benchmarks import IMAGE_TOKEN, Benchmark, get_benchmark
 from eval.loaders import EmbeddedImage, ImageSource, Question
 from vision import ImageLoadError, load_image, to_rgb
-from vlm.atomic import atomic_write_json, atomic_write_text
+from vlm.atomic import atomic_write_json, atomic_write_text, explained_write_errors, output_lock
 from vlm.chat import generate, load_for_chat
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -139,9 +140,17 @@ def read_predictions(path: str | os.PathLike, repair: bool = False) -> dict[str,
 
 
 def _append_predictions(handle: Any, records: Sequence[dict[str, Any]]) -> None:
-    handle.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
-    handle.flush()
-    os.fsync(handle.fileno())  # a finished batch survives a crash of the next one
+    """Append whole lines to an unbuffered binary ``handle``, or nothing: a failed write (disk full) is cut back."""
+    data = memoryview("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8"))
+    start = os.lseek(handle.fileno(), 0, os.SEEK_END)
+    try:
+        while data:
+            data = data[handle.write(data):]
+        os.fsync(handle.fileno())  # a finished batch survives a crash of the next one
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(handle.fileno(), start)
+        raise
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -304,61 +313,64 @@ def run_eval(
     check_images(bench, questions)
     prompts = {question.id: _ablate_prompt(bench.prompt(question), images) for question in questions}
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    predictions_path = output_dir / PREDICTIONS_FILE
-    done = read_predictions(predictions_path, repair=True)
-    _check_belongs(done, all_questions, predictions_path, f"{bench.name} {data}")
-    for question_id, record in done.items():
-        if record.get("images", "given") != images:
-            raise ValueError(
-                f"{predictions_path}: question {question_id} was answered with images={record.get('images', 'given')}, "
-                f"this run has images={images}; use a new output folder for this evaluation"
-            )
-    for question in questions:
-        earlier = done.get(question.id, {}).get("prompt")
-        if earlier is not None and earlier != prompts[question.id]:
-            raise ValueError(
-                f"{predictions_path}: question {question.id} was asked with another prompt ({earlier!r}, now "
-                f"{prompts[question.id]!r}); use a new output folder for this evaluation"
-            )
-    answers = {question_id: record["answer"] for question_id, record in done.items()}
-    todo = [question for question in questions if question.id not in answers]
+    with explained_write_errors(output_dir / PREDICTIONS_FILE):
+        output_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per folder: two evals into it would both append every answer.
+    with output_lock(output_dir, "vlm eval"):
+        predictions_path = output_dir / PREDICTIONS_FILE
+        done = read_predictions(predictions_path, repair=True)
+        _check_belongs(done, all_questions, predictions_path, f"{bench.name} {data}")
+        for question_id, record in done.items():
+            if record.get("images", "given") != images:
+                raise ValueError(
+                    f"{predictions_path}: question {question_id} was answered with images={record.get('images', 'given')}, "
+                    f"this run has images={images}; use a new output folder for this evaluation"
+                )
+        for question in questions:
+            earlier = done.get(question.id, {}).get("prompt")
+            if earlier is not None and earlier != prompts[question.id]:
+                raise ValueError(
+                    f"{predictions_path}: question {question.id} was asked with another prompt ({earlier!r}, now "
+                    f"{prompts[question.id]!r}); use a new output folder for this evaluation"
+                )
+        answers = {question_id: record["answer"] for question_id, record in done.items()}
+        todo = [question for question in questions if question.id not in answers]
 
-    if todo:
-        vlm_model, processor = model if in_memory else load_for_chat(model, device=device, dtype=dtype)
-        bar = tqdm(
-            total=len(questions), initial=len(questions) - len(todo), desc=bench.name, unit="q",
-            file=sys.stderr, disable=not progress,
-        )
-        with bar, open(predictions_path, "a", encoding="utf-8") as handle:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
-                replies = _answer_batch(batch, prompts, vlm_model, processor, max_new_tokens, images)
-                records = [
-                    {"id": question.id, "prompt": prompts[question.id], "answer": reply, "reference": question.reference}
-                    | ({} if images == "given" else {"images": images})
-                    for question, reply in zip(batch, replies, strict=True)
-                ]
-                _append_predictions(handle, records)
-                answers.update((question.id, reply) for question, reply in zip(batch, replies, strict=True))
-                bar.update(len(batch))
-    answered, metrics = _score(bench, questions, answers)
-    summary = {
-        "benchmark": bench.name,
-        "model": "(in-memory model)" if in_memory else str(Path(model).resolve()),
-        "predictions": str(predictions_path.resolve()),
-        "data": str(Path(data).resolve()),
-        "image_root": None if image_root is None else str(Path(image_root).resolve()),
-        "limit": limit,
-        "max_new_tokens": max_new_tokens,
-        "images": images,
-        "num_questions": len(questions),
-        "num_answered": len(answered),
-        "num_total": len(all_questions),
-        "metrics": metrics,
-    }
-    _write_outputs(output_dir, summary)
-    return EvalResult(output_dir, summary, num_generated=len(todo))
+        if todo:
+            vlm_model, processor = model if in_memory else load_for_chat(model, device=device, dtype=dtype)
+            bar = tqdm(
+                total=len(questions), initial=len(questions) - len(todo), desc=bench.name, unit="q",
+                file=sys.stderr, disable=not progress,
+            )
+            with bar, explained_write_errors(predictions_path), open(predictions_path, "ab", buffering=0) as handle:
+                for start in range(0, len(todo), batch_size):
+                    batch = todo[start : start + batch_size]
+                    replies = _answer_batch(batch, prompts, vlm_model, processor, max_new_tokens, images)
+                    records = [
+                        {"id": question.id, "prompt": prompts[question.id], "answer": reply, "reference": question.reference}
+                        | ({} if images == "given" else {"images": images})
+                        for question, reply in zip(batch, replies, strict=True)
+                    ]
+                    _append_predictions(handle, records)
+                    answers.update((question.id, reply) for question, reply in zip(batch, replies, strict=True))
+                    bar.update(len(batch))
+        answered, metrics = _score(bench, questions, answers)
+        summary = {
+            "benchmark": bench.name,
+            "model": "(in-memory model)" if in_memory else str(Path(model).resolve()),
+            "predictions": str(predictions_path.resolve()),
+            "data": str(Path(data).resolve()),
+            "image_root": None if image_root is None else str(Path(image_root).resolve()),
+            "limit": limit,
+            "max_new_tokens": max_new_tokens,
+            "images": images,
+            "num_questions": len(questions),
+            "num_answered": len(answered),
+            "num_total": len(all_questions),
+            "metrics": metrics,
+        }
+        _write_outputs(output_dir, summary)
+        return EvalResult(output_dir, summary, num_generated=len(todo))
 
 
 def _ablate_prompt(prompt: str, images: str) -> str:

@@ -29,9 +29,10 @@ from train.config import TrainConfig
 from train.dataset import VLMCollator, prepare_dataset
 from train.features import FeatureCache, fill_cache, tower_fingerprint
 from train.plots import plot_metrics
+from train.resume import checkpoint_step, finish_from_checkpoint, finished_at, remove_stale_staging, truncate_metrics
 from train.stages import apply_stage, parameter_table
 from train.trainer import MetricsLogger, VLMTrainer
-from vlm.atomic import atomic_write_text, replace_directory
+from vlm.atomic import atomic_write_text, explained_write_errors, removed_on_failure, replace_directory
 from vlm.builder import build_vlm
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
@@ -193,9 +194,19 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
 def run_training(cfg: TrainConfig) -> Path:
     """Train as ``cfg`` says; return the folder holding the final model."""
     resume_from = resolve_resume(cfg)
+    output_dir = Path(cfg.output_dir)
     if resume_from:
         note_resumed_settings(Path(resume_from), cfg)
-    output_dir = Path(cfg.output_dir)
+        if is_main_process():
+            for path in remove_stale_staging(output_dir):
+                log(f"removed {path}, left by a run killed while saving")
+        finished = finish_if_done(Path(resume_from), cfg, output_dir)
+        if finished is not None:
+            return finished
+        if is_main_process():
+            dropped = truncate_metrics(output_dir / "metrics.jsonl", checkpoint_step(Path(resume_from)))
+            if dropped:
+                log(f"metrics.jsonl: dropped {dropped} entries logged after {Path(resume_from).name} (they are trained again)")
     set_seed(cfg.seed)
     model, processor = load_or_build(cfg)
     model = apply_stage(model, cfg)
@@ -216,7 +227,8 @@ def run_training(cfg: TrainConfig) -> Path:
         log(f"torch_compile: {compile_llm_layers(model)} LLM decoder layers compiled in place (the first steps pay the compile)")
     args = training_arguments(cfg)
     if is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
+        with explained_write_errors(output_dir / CONFIG_FILE):
+            output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     samples_per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * args.world_size
     trainer = VLMTrainer(
@@ -240,14 +252,32 @@ def run_training(cfg: TrainConfig) -> Path:
     if trainer.args.should_save and staging.exists():
         shutil.rmtree(staging)
     trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(staging))
+    with explained_write_errors(final), removed_on_failure(staging):
+        trainer.save_model(str(staging))
     trainer.accelerator.wait_for_everyone()
     if trainer.args.should_save:
-        replace_directory(staging, final)
-        plot_metrics(output_dir / "metrics.jsonl", output_dir / "loss.png")
+        with explained_write_errors(final):
+            replace_directory(staging, final)
+            plot_metrics(output_dir / "metrics.jsonl", output_dir / "loss.png")
     trainer.accelerator.wait_for_everyone()
     log(report.summary())
     log(f"final model: {final}")
+    return final
+
+
+def finish_if_done(checkpoint: Path, cfg: TrainConfig, output_dir: Path) -> Path | None:
+    """The final model folder if ``checkpoint`` already ends the run (nothing is trained), else None."""
+    scale = saved_world_size(checkpoint) / int(os.environ.get("WORLD_SIZE", "1"))
+    step = finished_at(checkpoint, cfg, scale)
+    if step is None:
+        return None
+    final = output_dir / FINAL_DIR
+    if is_main_process():
+        wrote = finish_from_checkpoint(checkpoint, final)
+        if wrote:
+            plot_metrics(output_dir / "metrics.jsonl", output_dir / "loss.png")
+        log(f"{output_dir} is already trained to step {step} (max_steps={cfg.max_steps}); nothing to train: the final model "
+            f"{final} {'was written from' if wrote else 'is that of'} {checkpoint.name}. Raise max_steps to train on")
     return final
 
 
