@@ -191,6 +191,8 @@ def _run_chat(args: argparse.Namespace) -> int:
     from vlm.chat import ChatSession, answer_once, chat_loop, load_for_chat
 
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if hasattr(sys.stdin, "reconfigure"):  # bad UTF-8 reaches the prompt check (a clear error), not a decode crash
+        sys.stdin.reconfigure(errors="surrogateescape")
     if not (args.interactive or (args.prompt is None and sys.stdin.isatty())):
         prompt = args.prompt if args.prompt is not None else sys.stdin.read().strip()
         if not prompt:

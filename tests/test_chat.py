@@ -51,8 +51,8 @@ def files(tmp_path_factory, qwen2_dir) -> dict[str, Path]:
     paths["truncated"].write_bytes(paths["a"].read_bytes()[: paths["a"].stat().st_size // 2])
     paths["bomb"] = root / "bomb.png"
     Image.new("1", (9000, 9000)).save(paths["bomb"])  # 81 Mpixels > load_image's 64 M cap; 10 kB on disk
-    paths["sixteen_bit"] = root / "depth.png"
-    Image.new("I;16", (32, 32)).save(paths["sixteen_bit"])
+    paths["strip"] = root / "strip.png"
+    Image.new("RGB", (40000, 1)).save(paths["strip"])  # 196 bytes; resized to a 224 px short side: 2 Gpixels
     return paths
 
 
@@ -61,7 +61,7 @@ BAD_IMAGES = {
     "text": "notes.png: not a readable image",
     "truncated": "truncated.png: not a readable image",
     "bomb": "exceeds the limit of 64000000",
-    "sixteen_bit": "unsupported image mode 'I;16'",
+    "strip": "strip.png: a 40000x1 image resized to a 224 px short side: 8960000x224 = 2007040000 pixels, over the limit",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -133,7 +134,33 @@ def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(ImageLoadError, match="decompression bomb"):
         load_image(good, max_pixels=1000)
     sixteen_bit = tmp_path / "deep.png"
-    Image.new("I;16", (8, 8)).save(sixteen_bit)
-    with pytest.raises(ImageLoadError, match="unsupported image mode"):
-        load_image(sixteen_bit)
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(sixteen_bit)
+    assert np.asarray(load_image(sixteen_bit)).min() == 255  # 16-bit white stays white (scaled, not clipped)
     assert load_image(good).mode == "RGB"
+
+
+@pytest.mark.parametrize("values, mode, expected", [
+    (np.array([[0, 257, 65535]], dtype=np.uint16), "I;16", [0, 1, 255]),  # 16-bit PNG / TIFF
+    (np.array([[0, 128, 255]], dtype=np.int32), "I", [0, 128, 255]),  # already 8-bit values
+    (np.array([[0, 32896, 65535]], dtype=np.int32), "I", [0, 128, 255]),
+    (np.array([[0.0, 0.5, 1.0]], dtype=np.float32), "F", [0, 128, 255]),  # float in [0, 1]
+    (np.array([[0.0, 127.6, 255.0]], dtype=np.float32), "F", [0, 128, 255]),
+    (np.array([[np.nan, 0.5, 1.0]], dtype=np.float32), "F", [0, 128, 255]),  # NaN is black
+])
+def test_deep_and_float_images_are_scaled_to_8_bits(values, mode, expected, tmp_path):
+    image = Image.fromarray(values)
+    assert image.mode == mode
+    rgb = to_rgb(image)
+    assert rgb.mode == "RGB" and np.asarray(rgb)[0, :, 0].tolist() == expected
+
+
+@pytest.mark.parametrize("size, pad, ok", [((40000, 1), False, False), ((40000, 1), True, False), ((4000, 3000), True, True),
+                                           ((400, 100), True, True), ((2000, 5), False, True), ((100000, 5), False, False)])
+def test_the_pixel_limit_holds_after_padding_and_resizing(size, pad, ok):
+    pipeline = ImagePreprocessor(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pad_to_square=pad)
+    image = Image.new("RGB", size)
+    if ok:
+        assert pipeline(image).shape == (3, 224, 224)
+    else:
+        with pytest.raises(ImageLoadError, match=f"a {size[0]}x{size[1]} image .* over the limit of 64000000"):
+            pipeline(image)

@@ -62,6 +62,7 @@ def user_content(text: str, num_images: int, image_token: str = "<image>") -> st
     Without marks, the images go first, each on its own line, as in LLaVA's data; marks the
     user typed are kept where they are and must match the number of images.
     """
+    check_text(text, "the prompt")
     marks = text.count(image_token)
     if marks == 0:
         return (image_token + "\n") * num_images + text
@@ -72,6 +73,20 @@ def user_content(text: str, num_images: int, image_token: str = "<image>") -> st
             "give one image per mark, or no marks to put the images first"
         )
     return text
+
+
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, what: str) -> None:
+    """Raise ValueError if ``text`` holds a lone surrogate: bytes that were not UTF-8 (read with
+    ``surrogateescape``) or a JSON ``\\udc80`` escape. The tokenizer cannot encode them."""
+    found = _UNDECODABLE.search(text)
+    if found:
+        raise ValueError(
+            f"{what} is not valid UTF-8 text: character {found.start()} is U+{ord(found.group()):04X}, an undecodable byte "
+            "or a lone surrogate; fix the encoding (UTF-8) and send it again"
+        )
 
 
 def chat_messages(
@@ -249,7 +264,9 @@ class ChatSession:
     def attach_image(self, path: str | os.PathLike) -> Path:
         """Decode an image now (``ImageLoadError`` if unusable) and attach it to the next turn."""
         path = Path(path).expanduser().absolute()
-        self.pending.append((path, load_image(path)))
+        image = load_image(path)
+        self.processor.image_processor.check_image(image)  # refused now, not at every later turn
+        self.pending.append((path, image))
         return path
 
     def prompt(self, text: str) -> str:
@@ -295,6 +312,11 @@ class ChatSession:
         if not self.turns:
             raise ValueError("nothing to save yet: no answered turns")
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; give a file name to save to, e.g. {path / 'chat.json'}")
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise ValueError(f"cannot save to {path}: {parent} is a file, not a folder")
         atomic_write_json(path, [self.to_record(path.stem)], indent=1)
         return path
 

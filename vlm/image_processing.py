@@ -67,6 +67,11 @@ class VLMImageProcessor(BaseImageProcessor):
             self.image_size, self.image_mean, self.image_std, self.interpolation, self.resize_mode, self.pad_to_square
         )
 
+    def check_image(self, image: Image.Image) -> None:
+        """Raise ``vision.ImageLoadError`` if preprocessing ``image`` would exceed the pixel limit (see
+        ``ImagePreprocessor.check_size``); callers that take images one by one check before batching."""
+        self._pixel_pipeline().check_size(image)
+
     def preprocess(self, images: Image.Image | Sequence[Image.Image], return_tensors: str | None = "pt", **kwargs: Any) -> BatchFeature:
         if isinstance(images, Image.Image):
             images = [images]

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlm.folder_check import check_adapter_folder, check_model_folder, check_processor_files
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
 from vlm.safe_load import weights_only_loads
@@ -63,16 +64,20 @@ def _load_model(path: str | os.PathLike, dtype: torch.dtype, device: str | torch
     if (folder / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        check_adapter_folder(folder)
         base_path = adapter_base(folder)
+        check_model_folder(base_path)
         base = VLMForCausalLM.from_pretrained(base_path, dtype=dtype)
         model = PeftModel.from_pretrained(base, folder)
         processor_dir = folder if (folder / "processor_config.json").is_file() else base_path
+        check_processor_files(processor_dir)
     else:
         if not any(folder.glob("*.safetensors")):
             raise FileNotFoundError(
                 f"{folder} has a config but no safetensors weights; if it is a DeepSpeed ZeRO checkpoint, "
                 f"consolidate it first: vlm merge {folder} --out MERGED"
             )
+        check_model_folder(folder)
         model = VLMForCausalLM.from_pretrained(folder, dtype=dtype)
         processor_dir = folder
     return model.to(device).eval(), VLMProcessor.from_pretrained(processor_dir)

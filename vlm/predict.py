@@ -28,7 +28,16 @@ from tqdm.auto import tqdm
 
 from vision import load_image
 from vlm.atomic import atomic_file
-from vlm.chat import ImageInput, as_image, check_prompt_length, context_length, generate, prompt_length, question_prompt
+from vlm.chat import (
+    ImageInput,
+    as_image,
+    check_prompt_length,
+    check_text,
+    context_length,
+    generate,
+    prompt_length,
+    question_prompt,
+)
 from vlm.processing import VLMProcessor
 
 
@@ -154,6 +163,10 @@ def _parse_question(raw: bytes, number: int, root: Path, first_line: dict[Any, i
         raise _BadLine("no 'id' (a string or an integer)")
     if not isinstance(record.get("question"), str) or not record["question"].strip():
         raise _BadLine(f"id {record_id!r}: no 'question' (a non-empty string)")
+    try:
+        check_text(record["question"], "'question'")
+    except ValueError as err:
+        raise _BadLine(f"id {record_id!r}: {err}") from None
     if record_id in first_line:
         raise _BadLine(f"duplicate id {record_id!r} (first on line {first_line[record_id]})")
     paths = [root / name for name in _image_names(record.get("image"))]
@@ -235,6 +248,8 @@ def predict_file(
         for question in todo:
             try:
                 images = [load_image(image) for image in question.image_paths]
+                for image in images:  # an image the preprocessing would blow up (40000x1) fails here, not mid-batch
+                    processor.image_processor.check_image(image)
                 prompt = question_prompt(processor, question.record["question"], len(images), system)
                 check_prompt_length(prompt_length(processor, prompt), limit)
             except ValueError as err:  # ImageLoadError, ContextLengthError, <image> marks vs images
