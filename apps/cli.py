@@ -356,14 +356,22 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "OUTPUT/metrics.json and OUTPUT/report.md. With --score, only score an existing predictions file.",
         epilog="examples:\n"
         "  vlm eval --model runs/sft --benchmark pope --data pope/coco --image-root coco/val2014 --limit 100\n"
-        "  vlm eval --score out/predictions.jsonl --benchmark pope --data pope/coco",
+        "  vlm eval --score out/predictions.jsonl --benchmark pope --data pope/coco\n"
+        "  vlm eval --score results.json --benchmark vqav2 --data vqav2/     # the official VQA results list\n"
+        "  vlm eval --score eval_tool/Your_Results --benchmark mme            # MME's results folder, no --data",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path, help="a saved/merged VLM folder, a LoRA training output or checkpoint, or a run folder")
-    source.add_argument("--score", type=Path, metavar="PREDICTIONS", help="score this predictions.jsonl instead of running a model")
+    source.add_argument("--score", type=Path, metavar="PREDICTIONS",
+                        help="score this predictions file instead of running a model: ours, LLaVA's answer file "
+                        "(question_id/text), the official VQA results.json list, NLVR's identifier,label CSV, or MME's "
+                        "eval-tool results folder (then --data is not needed); no images are read")
+    p.add_argument("--format", choices=["jsonl", "json", "csv"],
+                   help="with --score: the predictions file's format (default: detected from its content)")
     p.add_argument("--benchmark", required=True, choices=list(BENCHMARKS), help="which benchmark")
-    p.add_argument("--data", type=Path, required=True, help="the benchmark's released file or folder")
+    p.add_argument("--data", type=Path, help="the benchmark's released file or folder (required, except to --score an MME "
+                   "results folder)")
     p.add_argument("--output", type=Path,
                    help="output folder (default: MODEL/eval/BENCHMARK-DATA, or the predictions file's folder with --score)")
     p.add_argument("--image-root", type=Path, help="folder holding the images, where the benchmark's default layout does not fit")
@@ -383,8 +391,13 @@ def _run_eval(args: argparse.Namespace) -> int:
     from eval.runner import REPORT_FILE, run_eval, score_predictions
 
     if args.score is not None:
-        result = score_predictions(args.score, args.benchmark, args.data, args.output, image_root=args.image_root, limit=args.limit)
+        result = score_predictions(args.score, args.benchmark, args.data, args.output, image_root=args.image_root,
+                                   limit=args.limit, fmt=args.format)
     else:
+        if args.data is None:
+            raise ValueError("--data is required: the benchmark's released file or folder")
+        if args.format is not None:
+            raise ValueError("--format goes with --score (the format of a predictions file)")
         result = run_eval(
             args.model, args.benchmark, args.data, args.output, image_root=args.image_root, limit=args.limit,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,

@@ -35,6 +35,7 @@ from eval.metrics import (
     mmbench_circular_score,
     mme_score,
     parse_nlvr_answer,
+    parse_nlvr_official,
     pope_score,
     scienceqa_score,
     score_nlvr,
@@ -83,9 +84,12 @@ def as_released_prompt(question: Question) -> str:
 
 
 def scienceqa_prompt(question: Question) -> str:
-    """LLaVA-1.5's ScienceQA prompt (context, question, lettered choices, letter instruction)."""
+    """LLaVA-1.5's ScienceQA prompt (context, question, lettered choices, letter instruction; the image
+    mark only where the problem has an image)."""
     meta = question.meta
-    return build_scienceqa_prompt(question.text, meta["choices"], meta["hint"], has_image=True, image_token=IMAGE_TOKEN)
+    return build_scienceqa_prompt(
+        question.text, meta["choices"], meta["hint"], has_image=meta.get("has_image", True), image_token=IMAGE_TOKEN
+    )
 
 
 def mmbench_prompt(question: Question) -> str:
@@ -160,7 +164,7 @@ def score_mme(questions: Sequence[Question], answers: Sequence[str]) -> Metrics:
 
 
 def score_scienceqa(questions: Sequence[Question], answers: Sequence[str]) -> Metrics:
-    """ScienceQA accuracy (these are the image questions, so accuracy == image_accuracy == IMG)."""
+    """ScienceQA accuracy over all questions and over the image ones (``image_accuracy``, IMG)."""
     return _as_dict(
         scienceqa_score(
             ScienceQARecord(
@@ -168,7 +172,7 @@ def score_scienceqa(questions: Sequence[Question], answers: Sequence[str]) -> Me
                 prediction=answer,
                 choices=question.meta["choices"],
                 answer=question.meta["answer"],
-                has_image=True,
+                has_image=question.meta.get("has_image", True),
             )
             for question, answer in zip(questions, answers, strict=True)
         )
@@ -214,10 +218,14 @@ def score_captions(questions: Sequence[Question], answers: Sequence[str]) -> Met
 
 
 def score_nlvr_answers(questions: Sequence[Question], answers: Sequence[str]) -> Metrics:
-    """NLVR accuracy over images, consistency over sentences, share of unparseable replies."""
-    return _as_dict(
-        score_nlvr((q.meta["example"], parse_nlvr_answer(a)) for q, a in zip(questions, answers, strict=True))
-    )
+    """NLVR accuracy over images and consistency over sentences as `nlvr/metrics_images.py` computes
+    them (a reply counts only when it is the label token, any case: ``unparseable`` counts the others),
+    and under ``lenient`` the same with our reading of free text (:func:`eval.nlvr.parse_nlvr_answer`:
+    "False.", "no", ...)."""
+    examples = [q.meta["example"] for q in questions]
+    official = _as_dict(score_nlvr(zip(examples, map(parse_nlvr_official, answers), strict=True)))
+    lenient = _as_dict(score_nlvr(zip(examples, map(parse_nlvr_answer, answers), strict=True)))
+    return {**official, "lenient": {k: lenient[k] for k in ("accuracy", "consistency", "unparseable")}}
 
 
 def score_shapes_answers(questions: Sequence[Question], answers: Sequence[str]) -> Metrics:
@@ -248,13 +256,19 @@ class Benchmark:
     """Where the benchmark publishes its data; named in every missing-file error."""
     uses_image_root: bool = True
     """False where the images live inside the released files (MME, MMBench, NLVR)."""
+    loader_checks_images: bool = False
+    """True where the loader needs the image files to read the data (MME, NLVR), unless told not to."""
 
-    def load_questions(self, data: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[Question]:
-        """Run the loader, with the publishing URL added to any missing-file error."""
+    def load_questions(
+        self, data: str | os.PathLike, image_root: str | os.PathLike | None = None, need_images: bool = True
+    ) -> list[Question]:
+        """Run the loader, with the publishing URL added to any missing-file error. ``need_images=False``
+        (scoring) reads the annotations alone."""
         if image_root is not None and not self.uses_image_root:
             raise ValueError(f"{self.name} keeps its images in its released files; drop --image-root")
+        extra = {"need_images": need_images} if self.loader_checks_images else {}
         try:
-            questions = self.load(Path(data), None if image_root is None else Path(image_root))
+            questions = self.load(Path(data), None if image_root is None else Path(image_root), **extra)
         except FileNotFoundError as err:
             if "published at" in str(err) or self.url in str(err):
                 raise
@@ -283,7 +297,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             "pope", loaders.load_pope, short_answer_prompt, YES_NO_TOKENS, score_pope,
             f"{loaders.POPE_URL} (images: COCO val2014, {loaders.COCO_VAL2014_IMAGES_URL})",
         ),
-        Benchmark("mme", loaders.load_mme, as_released_prompt, YES_NO_TOKENS, score_mme, loaders.MME_URL, uses_image_root=False),
+        Benchmark("mme", loaders.load_mme, as_released_prompt, YES_NO_TOKENS, score_mme, loaders.MME_URL, uses_image_root=False,
+                  loader_checks_images=True),
         Benchmark("scienceqa", loaders.load_scienceqa, scienceqa_prompt, LETTER_TOKENS, score_scienceqa, loaders.SCIENCEQA_URL),
         Benchmark("mmbench", loaders.load_mmbench, mmbench_prompt, LETTER_TOKENS, score_mmbench, loaders.MMBENCH_URL, uses_image_root=False),
         Benchmark("gqa", loaders.load_gqa, short_answer_prompt, SHORT_ANSWER_TOKENS, score_gqa, loaders.GQA_URL),
@@ -291,7 +306,8 @@ BENCHMARKS: dict[str, Benchmark] = {
             "coco_caption", loaders.load_coco_captions, caption_prompt, CAPTION_TOKENS, score_captions,
             f"{loaders.COCO_URL} (captions_val2014.json in annotations_trainval2014.zip; images {loaders.COCO_VAL2014_IMAGES_URL})",
         ),
-        Benchmark("nlvr", loaders.load_nlvr, nlvr_prompt, YES_NO_TOKENS, score_nlvr_answers, loaders.NLVR_URL, uses_image_root=False),
+        Benchmark("nlvr", loaders.load_nlvr, nlvr_prompt, YES_NO_TOKENS, score_nlvr_answers, loaders.NLVR_URL, uses_image_root=False,
+                  loader_checks_images=True),
         Benchmark("shapes", loaders.load_shapes, as_released_prompt, SHORT_ANSWER_TOKENS, score_shapes_answers, loaders.SHAPES_HOW),
     )
 }

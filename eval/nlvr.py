@@ -112,11 +112,11 @@ def _parse_label(value: Any, where: str) -> bool:
     raise ValueError(f"{where}: label must be \"true\" or \"false\", got {value!r}")
 
 
-def load_nlvr_split(split_dir: str | os.PathLike[str]) -> list[NLVRExample]:
+def load_nlvr_split(split_dir: str | os.PathLike[str], require_images: bool = True) -> list[NLVRExample]:
     """Load an NLVR split folder (e.g. `data/nlvr1/dev`) as one example per PNG rendering.
 
     Examples come in file order, the six renderings of a record in order k = 0..5. Images are
-    not opened; every PNG path is checked to exist.
+    not opened; every PNG path is checked to exist (unless ``require_images`` is off: scoring).
 
     Raises:
         FileNotFoundError: the folder, its JSON or a PNG is missing (the message names the file).
@@ -154,7 +154,7 @@ def load_nlvr_split(split_dir: str | os.PathLike[str]) -> list[NLVRExample]:
             image_dir = split_dir / "images" / str(record["directory"])
             for k in range(NUM_RENDERINGS):
                 image_path = image_dir / f"{split}-{identifier}-{k}.png"
-                if not image_path.is_file():
+                if require_images and not image_path.is_file():
                     raise FileNotFoundError(
                         f"NLVR image {image_path} is missing (rendering {k} of identifier "
                         f"{identifier}, {where}) in split folder {split_dir}. Each record needs "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -30,6 +31,8 @@ from tqdm import tqdm
 
 from eval.benchmarks import IMAGE_TOKEN, Benchmark, get_benchmark
 from eval.loaders import EmbeddedImage, ImageSource, Question
+from eval.metrics.mme import mme_score, read_mme_results_dir
+from eval.result_files import match_answers, read_result_file
 from vision import ImageLoadError, load_image, to_rgb
 from vlm.atomic import atomic_write_json, atomic_write_text, explained_write_errors, output_lock
 from vlm.chat import generate, load_for_chat
@@ -398,32 +401,43 @@ def _answer_batch(
 def score_predictions(
     predictions: str | os.PathLike,
     benchmark: str,
-    data: str | os.PathLike,
+    data: str | os.PathLike | None,
     output: str | os.PathLike | None = None,
     *,
     image_root: str | os.PathLike | None = None,
     limit: int | None = None,
+    fmt: str | None = None,
 ) -> EvalResult:
-    """Score a predictions file (``{"id", "answer"}`` per line) against a benchmark's released data.
+    """Score a predictions file against a benchmark's released data, as the file is.
 
+    ``predictions``: our predictions.jsonl, LLaVA's answer files (``question_id`` / ``text``), the
+    official VQA results list or NLVR's CSV (see :mod:`eval.result_files`; ``fmt`` chooses the format
+    instead of detecting it), or for MME the eval tool's results folder (then ``data`` may be None).
     Writes metrics.json and report.md into ``output`` (default: the predictions file's folder).
-    Questions without an answer are left out of the metrics and counted in the report; an
-    answer to a question that is not in the data is an error. Images are not needed.
+    Questions without an answer are left out of the metrics and counted in the report; an answer
+    to a question that is not in the data is an error. Images are not needed.
     """
     bench = get_benchmark(benchmark)
     predictions_path = Path(predictions)
+    if predictions_path.is_dir():
+        if bench.name != "mme":
+            raise ValueError(f"{predictions_path} is a folder; only MME's eval-tool results folder is scored as one")
+        return score_mme_results(predictions_path, output)
     if not predictions_path.is_file():
         raise FileNotFoundError(f"{predictions_path}: no such predictions file")
+    if data is None:
+        raise ValueError(f"{bench.name}: give --data, the benchmark's released file or folder, to score against")
     output_dir = Path(output) if output is not None else predictions_path.parent
-    all_questions = bench.load_questions(data, image_root)
+    all_questions = bench.load_questions(data, image_root, need_images=False)
     questions = select_questions(all_questions, limit)
-    records = read_predictions(predictions_path)
-    _check_belongs(records, all_questions, predictions_path, f"{bench.name} {data}")
-    answered, metrics = _score(bench, questions, {question_id: r["answer"] for question_id, r in records.items()})
+    records, found_format = read_result_file(predictions_path, fmt)
+    answers = match_answers(records, all_questions, bench.name, predictions_path, f"{bench.name} {data}")
+    answered, metrics = _score(bench, questions, answers)
     summary = {
         "benchmark": bench.name,
         "model": None,
         "predictions": str(predictions_path.resolve()),
+        "format": found_format,
         "data": str(Path(data).resolve()),
         "image_root": None if image_root is None else str(Path(image_root).resolve()),
         "limit": limit,
@@ -433,6 +447,32 @@ def score_predictions(
         "num_total": len(all_questions),
         "metrics": metrics,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with explained_write_errors(output_dir / METRICS_FILE):
+        output_dir.mkdir(parents=True, exist_ok=True)
+    _write_outputs(output_dir, summary)
+    return EvalResult(output_dir, summary, num_generated=0)
+
+
+def score_mme_results(results_dir: str | os.PathLike, output: str | os.PathLike | None = None) -> EvalResult:
+    """Score the MME eval tool's results folder (``<subtask>.txt``: image, question, gold, prediction per line)
+    with the official metric; it holds its own questions and answers, so no data and no images are needed."""
+    results_dir = Path(results_dir)
+    questions = read_mme_results_dir(results_dir)
+    unanswered = [q for q in questions if q.prediction is None]
+    if unanswered:
+        q = unanswered[0]
+        raise ValueError(
+            f"{results_dir / (q.subtask + '.txt')}: {len(unanswered)} lines have no prediction (4th field), e.g. "
+            f"{q.image_name} {q.question!r}; is this the eval tool's Your_Results folder after answering?"
+        )
+    metrics = json.loads(json.dumps(dataclasses.asdict(mme_score(questions))))
+    output_dir = Path(output) if output is not None else results_dir
+    summary = {
+        "benchmark": "mme", "model": None, "predictions": str(results_dir.resolve()), "format": "mme-results",
+        "data": str(results_dir.resolve()), "image_root": None, "limit": None, "max_new_tokens": None,
+        "num_questions": len(questions), "num_answered": len(questions), "num_total": len(questions), "metrics": metrics,
+    }
+    with explained_write_errors(output_dir / METRICS_FILE):
+        output_dir.mkdir(parents=True, exist_ok=True)
     _write_outputs(output_dir, summary)
     return EvalResult(output_dir, summary, num_generated=0)

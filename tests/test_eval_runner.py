@@ -209,7 +209,7 @@ FORMATS = {
     "textvqa": (write_textvqa, 2, {"overall"}),
     "pope": (write_pope, 12, {"random", "adversarial", "mean"}),
     "mme": (write_mme, 4, {"perception", "cognition", "subtasks", "unpaired_questions_skipped"}),
-    "scienceqa": (write_scienceqa, 2, {"accuracy", "image_accuracy", "num_failed"}),
+    "scienceqa": (write_scienceqa, 3, {"accuracy", "image_accuracy", "num_failed"}),
     "mmbench": (write_mmbench, 6, {"overall", "per_category", "per_l2_category", "num_questions"}),
     "gqa": (write_gqa, 2, {"accuracy", "num_correct"}),
     "coco_caption": (write_coco_caption, 2, {"bleu_4", "cider", "num_images"}),
@@ -233,7 +233,8 @@ def test_end_to_end_on_each_released_format(name, model_dir, tmp_path):
     records = [json.loads(line) for line in lines]
     assert len(records) == num_prompts == result.num_generated
     assert all(set(r) == {"id", "prompt", "answer", "reference"} for r in records)
-    assert all(r["prompt"].startswith("<image>\n") and isinstance(r["answer"], str) for r in records)
+    text_only = {"6"} if name == "scienceqa" else set()  # ScienceQA's text questions are asked without an image
+    assert all(r["prompt"].startswith("<image>\n") != (r["id"] in text_only) and isinstance(r["answer"], str) for r in records)
     assert len({r["id"] for r in records}) == num_prompts
 
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -274,7 +275,8 @@ def test_prompts_are_the_benchmarks_own(tmp_path):
     assert mme["existence/000000006040.jpg/0"] == "<image>\nIs there a train in this image? Please answer yes or no."
 
     sqa = _prompts("scienceqa", write_scienceqa(tmp_path / "sqa"))
-    assert list(sqa) == ["5", "7"]  # the test split's image questions
+    assert list(sqa) == ["5", "6", "7"]  # the whole test split, as LLaVA asks it
+    assert sqa["6"] == "Which word does not rhyme?\nA. bike\nB. hike\nC. fish\n" + LETTER  # no image, no mark
     assert sqa["5"] == (
         "<image>\nContext: Select the best answer.\nWhich material is this spatula made of?\nA. rubber\nB. cotton\n" + LETTER
     )
@@ -573,3 +575,150 @@ def test_cli_smoke(model_dir, tmp_path):
                      "--output", str(tmp_path / "rescored")]) == 0
     rescored = json.loads((tmp_path / "rescored" / "metrics.json").read_text())
     assert rescored["metrics"] == json.loads((out / "metrics.json").read_text())["metrics"]
+
+
+# ---------------------------------------------------- official and LLaVA result files, as they are
+
+
+def _jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _without_images(root: Path) -> None:
+    for image in [*root.rglob("*.jpg"), *root.rglob("*.png")]:
+        image.unlink()
+
+
+def test_official_vqa_results_list_scores_like_our_file(tmp_path):
+    vqa = write_vqav2(tmp_path / "vqa")
+    _without_images(vqa)  # scoring reads no pixels
+    ours = score_predictions(_predictions(tmp_path / "v.jsonl", {"420": "red", "421": "three", "70": "no"}), "vqav2", vqa,
+                             tmp_path / "ours")
+    results = _json(tmp_path / "results.json", [{"question_id": 420, "answer": "red"}, {"question_id": 421, "answer": "three"},
+                                                 {"question_id": 70, "answer": "no"}])  # convert_vqav2_for_submission.py
+    official = score_predictions(results, "vqav2", vqa, tmp_path / "official")
+    assert official.summary["format"] == "json" and official.metrics == ours.metrics
+    assert official.metrics["overall"] == pytest.approx(100 * (1 + 0.9 + 0) / 3)
+
+
+def test_llava_textvqa_answers_are_matched_by_image_and_question(tmp_path):
+    data = write_textvqa(tmp_path / "textvqa")
+    _without_images(data.parent)
+    # llava/eval/model_vqa_loader.py output on llava_textvqa_val_v051_ocr.jsonl: question_id is the image id
+    answers = _jsonl(tmp_path / "llava.jsonl", [
+        {"question_id": "003a8ae2ef43b901", "prompt": f"What is written on the sign?\nReference OCR token: STOP\n{SHORT}",
+         "text": "stop", "answer_id": "x", "model_id": "m", "metadata": {}},
+        {"question_id": "0054c91397f2fe05", "prompt": f"what brand is it?\n{SHORT}", "text": "Samsung"},
+    ])
+    result = score_predictions(answers, "textvqa", data, tmp_path / "s")
+    assert result.summary["num_answered"] == 2 and result.metrics["overall"] == pytest.approx(50.0)
+
+
+def test_llava_pope_question_and_answer_files(tmp_path):
+    coco = write_pope(tmp_path / "pope" / "coco")
+    # llava_pope_test.jsonl: the splits' questions renumbered across them, with their category
+    lines = [json.loads(line) for split in ("random", "adversarial") for line in (coco / f"coco_pope_{split}.json").read_text().splitlines()]
+    splits = ["random"] * 10 + ["adversarial"] * 2
+    questions = _jsonl(tmp_path / "pope" / "llava_pope_test.jsonl", [
+        {"question_id": n, "image": r["image"], "text": r["text"] + "\n" + SHORT, "category": split}
+        for n, (r, split) in enumerate(zip(lines, splits, strict=True), start=1)
+    ])
+    _without_images(tmp_path / "pope")
+    answers = _jsonl(tmp_path / "answers.jsonl", [
+        {"question_id": n, "prompt": "", "text": text}
+        for n, text in enumerate(POPE_RANDOM_ANSWERS + ["Yes", "No"], start=1)
+    ])
+    result = score_predictions(answers, "pope", questions, tmp_path / "s")
+    random = result.metrics["random"]
+    assert (random["true_positives"], random["false_positives"], random["true_negatives"], random["false_negatives"]) == (4, 1, 3, 2)
+    assert result.metrics["adversarial"]["accuracy"] == pytest.approx(100.0)
+    assert get_benchmark("pope").prompt(get_benchmark("pope").load_questions(questions)[0]) == \
+        f"<image>\nIs there a dog in the image?\n{SHORT}"  # the instruction is not asked twice
+
+
+def test_llava_scienceqa_answers_score_all_and_img(tmp_path):
+    data = write_scienceqa(tmp_path / "sqa")
+    _without_images(data)
+    # llava/eval/model_vqa_science.py output on llava_test_CQM-A.json: every test problem, image or not
+    answers = _jsonl(tmp_path / "sqa.jsonl", [
+        {"question_id": "5", "prompt": "<image>\n...", "text": "A"},
+        {"question_id": "6", "prompt": "...", "text": "C"},
+        {"question_id": "7", "prompt": "<image>\n...", "text": "The answer is B."},
+    ])
+    result = score_predictions(answers, "scienceqa", data, tmp_path / "s")
+    assert result.metrics["accuracy"] == pytest.approx(200 / 3)  # 5 and 6 right
+    assert result.metrics["image_accuracy"] == pytest.approx(50.0)  # IMG: 5 right, 7 wrong
+    assert result.metrics["num_image_questions"] == 2
+
+
+def test_mme_eval_tool_results_folder_needs_no_data_and_no_images(tmp_path, capsys):
+    results = tmp_path / "Your_Results"
+    results.mkdir()
+    (results / "existence.txt").write_text(
+        "000000006040.jpg\tIs there a train in this image? Please answer yes or no.\tYes\tYes\n"
+        "000000006040.jpg\tIs there a bed in this image? Please answer yes or no.\tNo\tYes\n"
+    )
+    (results / "artwork.txt").write_text(
+        "10002.jpg\tIs this artwork created by Giotto? Please answer yes or no.\tYes\tyes\n"
+        "10002.jpg\tIs this artwork created by Monet? Please answer yes or no.\tNo\tno\n"
+    )
+    assert vlm_main(["eval", "--score", str(results), "--benchmark", "mme", "--output", str(tmp_path / "s")]) == 0
+    metrics = json.loads((tmp_path / "s" / "metrics.json").read_text())["metrics"]
+    assert metrics["subtasks"]["artwork"]["score"] == pytest.approx(200.0)  # acc 100 + acc+ 100
+    assert metrics["subtasks"]["existence"]["score"] == pytest.approx(50.0)  # acc 50 + acc+ 0
+    assert metrics["perception"] == pytest.approx(250.0)
+    capsys.readouterr()
+    (results / "OCR.txt").write_text("1.jpg\tWhat?\tYes\n")  # no prediction column
+    assert vlm_main(["eval", "--score", str(results), "--benchmark", "mme", "--output", str(tmp_path / "t")]) == 2
+    assert f"{results / 'OCR.txt'}: 1 lines have no prediction" in capsys.readouterr().err
+
+
+def test_mme_predictions_score_without_the_images(tmp_path):
+    release = write_mme(tmp_path / "mme")
+    answers = {"existence/000000006040.jpg/0": "Yes", "existence/000000006040.jpg/1": "No",
+               "artwork/10002.jpg/0": "Yes", "artwork/10002.jpg/1": "Yes"}
+    with_images = score_predictions(_predictions(tmp_path / "p.jsonl", answers), "mme", release, tmp_path / "a")
+    _without_images(release)
+    without = score_predictions(tmp_path / "p.jsonl", "mme", release, tmp_path / "b")
+    assert without.metrics == with_images.metrics and without.summary["num_answered"] == 4
+
+
+def test_nlvr_official_exact_label_and_lenient_figure(tmp_path):
+    split = tmp_path / "dev"
+    (split / "images" / "0").mkdir(parents=True)
+    boxes = [[{"y_loc": 1, "type": "circle", "color": "Yellow", "x_loc": 1, "size": 10}]] * 3
+    records = [{"sentence": f"sentence {n}", "label": label, "identifier": f"{n}-0", "directory": "0", "structured_rep": boxes}
+               for n, label in ((1, "true"), (2, "false"))]
+    (split / "dev.json").write_text("\n".join(json.dumps(r) for r in records))  # no PNGs: scoring reads none
+    # metrics_images.py's CSV: sentence 1 all right (one "TRUE": the script lowercases); sentence 2: "false."
+    # and " false" are wrong for the official script, right for our lenient parse
+    lines = [f"dev-1-0-{k}.png,{'TRUE' if k == 0 else 'true'}" for k in range(6)]
+    lines += [f"dev-2-0-{k}.png,{'false.' if k == 0 else ' false' if k == 1 else 'false'}" for k in range(6)]
+    csv = tmp_path / "predictions.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    result = score_predictions(csv, "nlvr", split, tmp_path / "s")
+    assert result.summary["format"] == "csv"
+    assert result.metrics["accuracy"] == pytest.approx(1000 / 12) and result.metrics["consistency"] == pytest.approx(50.0)
+    assert result.metrics["num_unparseable"] == 2
+    assert result.metrics["lenient"] == {"accuracy": 100.0, "consistency": 100.0, "unparseable": 0.0}
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe not text", "not UTF-8 text"),
+    (b"[1, 2]", "item 0: expected a JSON object"),
+    (b"[{\"question_id\": 420}]", "item 0: needs a string 'answer'"),
+    (b"{\"id\": 420, \"answer\": \"red\"}\n{oops\n", "line 2: not valid JSON"),
+    (b"{\"id\": [1], \"answer\": \"red\"}\n", "line 1: needs an 'id'"),
+    (b"{\"id\": 420, \"answer\": 3}\n", "line 1: needs a string 'answer'"),
+    (b"[{\"question_id\": 420, \"answer\": \"a\"}, {\"question_id\": 420, \"answer\": \"b\"}]", "'420' is answered twice"),
+    (b"{\"id\": 999, \"answer\": \"red\"}\n", "not in vqav2"),
+    (b"[{\"question_id\": 420, \"answer\": \"a\"}", "not valid JSON"),
+])
+def test_every_unreadable_predictions_file_is_one_line_naming_it(content, message, tmp_path, capsys):
+    vqa = write_vqav2(tmp_path / "vqa")
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    assert vlm_main(["eval", "--score", str(path), "--benchmark", "vqav2", "--data", str(vqa), "--output", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"vlm eval: error: {path}") and message in err, err

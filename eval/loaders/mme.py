@@ -8,18 +8,19 @@ from eval.loaders.common import MME_URL, Question, missing_file
 from eval.metrics.mme import read_mme_benchmark
 
 
-def load_mme(data: Path, image_root: Path | None) -> list[Question]:
+def load_mme(data: Path, image_root: Path | None, need_images: bool = True) -> list[Question]:
     """MME's ``MME_Benchmark_release_version`` folder (read by :func:`eval.metrics.read_mme_benchmark`).
 
     Two yes/no questions per image, kept together as one group. Images are in the release
-    folder (``<subtask>/images/`` or ``<subtask>/``); ``--image-root`` is not used.
+    folder (``<subtask>/images/`` or ``<subtask>/``); ``--image-root`` is not used. Scoring
+    (``need_images=False``) works on the question files alone.
     """
     data = Path(data).resolve()
     if not data.is_dir():
         raise missing_file("MME benchmark folder", data, MME_URL, "Pass the MME_Benchmark_release_version folder.")
     result = []
     seen: dict[tuple[str, str], int] = {}
-    for question in read_mme_benchmark(data):
+    for question in read_mme_benchmark(data, require_images=need_images):
         subtask_dir = data / question.subtask
         image_dir = subtask_dir / "images" if (subtask_dir / "images").is_dir() else subtask_dir
         key = (question.subtask, question.image_name)

@@ -9,8 +9,9 @@ from eval.metrics.scienceqa import OPTION_LETTERS as SCIENCEQA_LETTERS
 
 
 def load_scienceqa(data: Path, image_root: Path | None) -> list[Question]:
-    """ScienceQA's ``problems.json`` + ``pid_splits.json``: the test split's image questions
-    (ScienceQA-IMG, the number LLaVA reports).
+    """ScienceQA's ``problems.json`` + ``pid_splits.json``: the whole test split, as LLaVA asks it
+    (``llava_test_CQM-A.json``): the image questions with their image, the others as text; the
+    scorer reports both the accuracy over all and over the image ones (ScienceQA-IMG).
 
     ``data``: the folder holding both files (``data/scienceqa`` of the ScienceQA repository).
     Images: ``{pid}/{image}`` in ``--image-root``, by default ``images/test`` beside them.
@@ -27,17 +28,17 @@ def load_scienceqa(data: Path, image_root: Path | None) -> list[Question]:
         problem = problems.get(pid)
         if problem is None:
             raise ValueError(f"{folder / 'pid_splits.json'}: test pid {pid!r} is not in problems.json")
-        if not problem.get("image"):
-            continue
         require_fields(problem, ("question", "choices", "answer"), f"{folder / 'problems.json'} problem {pid}")
         letter = SCIENCEQA_LETTERS[problem["answer"]]
+        image = problem.get("image")
         result.append(
             Question(
                 id=str(pid),
                 text=problem["question"],
-                images=(root / str(pid) / problem["image"],),
+                images=(root / str(pid) / image,) if image else (),
                 reference=letter,
-                meta={"choices": list(problem["choices"]), "hint": problem.get("hint") or "", "answer": problem["answer"]},
+                meta={"choices": list(problem["choices"]), "hint": problem.get("hint") or "", "answer": problem["answer"],
+                      "has_image": bool(image)},
             )
         )
     return result

@@ -171,6 +171,7 @@ def load_textvqa(data: Path, image_root: Path | None) -> list[Question]:
                 text=record["question"],
                 images=(root / f"{record['image_id']}.jpg",),
                 reference=_answers(record["answers"]),
+                meta={"image_id": record["image_id"]},  # LLaVA's TextVQA answers are keyed by it
             )
         )
     return result

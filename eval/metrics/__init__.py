@@ -39,7 +39,7 @@ from eval.metrics.mme import (
     read_mme_results_dir,
     read_mme_results_file,
 )
-from eval.metrics.nlvr import NLVRScore, majority_class_baseline, parse_nlvr_answer, score_nlvr
+from eval.metrics.nlvr import NLVRScore, majority_class_baseline, parse_nlvr_answer, parse_nlvr_official, score_nlvr
 from eval.metrics.pope import PopeMetrics, PopeRecord, parse_pope_answer, pope_metrics, pope_score
 from eval.metrics.scienceqa import (
     ScienceQARecord,
@@ -95,6 +95,7 @@ __all__ = [
     "normalize_vqa_answer",
     "parse_mme_answer",
     "parse_nlvr_answer",
+    "parse_nlvr_official",
     "parse_pope_answer",
     "parse_scienceqa_answer",
     "pope_metrics",

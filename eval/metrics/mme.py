@@ -215,19 +215,22 @@ def read_mme_results_dir(results_dir: str | Path) -> list[MMEQuestion]:
     return [question for path in paths for question in read_mme_results_file(path)]
 
 
-def _find_image(image_dir: Path, stem: str, qa_path: Path) -> str:
+def _find_image(image_dir: Path, stem: str, qa_path: Path, require: bool = True) -> str:
     for suffix in _IMAGE_SUFFIXES:
         if (image_dir / f"{stem}{suffix}").is_file():
             return f"{stem}{suffix}"
+    if not require:
+        return stem  # scoring reads no pixels; ids are then matched without the image's suffix
     raise FileNotFoundError(f"no image named {stem}.jpg/.png in {image_dir} for questions file {qa_path}")
 
 
-def read_mme_benchmark(benchmark_dir: str | Path) -> list[MMEQuestion]:
+def read_mme_benchmark(benchmark_dir: str | Path, require_images: bool = True) -> list[MMEQuestion]:
     """Read the released ``MME_Benchmark_release_version`` folder (questions and gold answers).
 
     Subtask folders with an ``images/`` subfolder keep their questions in
     ``questions_answers_YN/``; the others keep each image's ``.txt`` next to it (the rule of
-    LLaVA's ``convert_answer_to_mme.py``). Subtasks come out in the official order.
+    LLaVA's ``convert_answer_to_mme.py``). Subtasks come out in the official order. Without
+    ``require_images`` (scoring), an absent image is named by its stem alone.
     """
     benchmark_dir = Path(benchmark_dir)
     questions = []
@@ -240,7 +243,7 @@ def read_mme_benchmark(benchmark_dir: str | Path) -> list[MMEQuestion]:
         else:
             image_dir = qa_dir = subtask_dir
         for qa_path in sorted(qa_dir.glob("*.txt")):
-            image_name = _find_image(image_dir, qa_path.stem, qa_path)
+            image_name = _find_image(image_dir, qa_path.stem, qa_path, require_images)
             with qa_path.open(encoding="utf-8") as handle:
                 for line_number, line in enumerate(handle, start=1):
                     if not line.strip():

@@ -35,6 +35,17 @@ def parse_nlvr_answer(reply: str) -> bool | None:
     return None
 
 
+def parse_nlvr_official(reply: str) -> bool | None:
+    """The reply as `nlvr/metrics_images.py` reads a prediction: the label token itself, any case.
+
+    Only "true" / "false" count (trailing whitespace aside, which the script's line strip removes);
+    " false", "false.", '"true"' and "no" are wrong answers there, so None here. Our lenient
+    reading of free text is :func:`parse_nlvr_answer`, reported as a separate figure.
+    """
+    token = reply.rstrip().lower()
+    return token == "true" if token in ("true", "false") else None
+
+
 @dataclass(frozen=True)
 class NLVRScore:
     """The released NLVR metrics. Percentages are in 0..100."""
