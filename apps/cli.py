@@ -1,4 +1,4 @@
-"""The ``vlm`` command line: ``vlm build``, ``vlm train``, ``vlm merge``, ``vlm chat``, ``vlm data shapes``.
+"""The ``vlm`` command line: ``vlm build``, ``vlm train``, ``vlm merge``, ``vlm chat``, ``vlm export``, ``vlm data shapes``.
 
 Each subcommand parses its arguments here and calls the library; heavy imports happen
 inside the command so ``vlm --help`` stays fast.
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(commands)
     _add_train(commands)
     _add_merge(commands)
+    _add_export(commands)
     _add_chat(commands)
     _add_predict(commands)
     _add_data(commands)
@@ -129,6 +130,35 @@ def _add_library_command(commands: argparse._SubParsersAction, name: str, help: 
     p = commands.add_parser(name, help=help)
     module.build_parser(p)
     p.set_defaults(run=module.run)
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    from apps.export.export import add_arguments
+
+    p = commands.add_parser(
+        "export",
+        help="export to transformers' LLaVA format (LlavaForConditionalGeneration; vLLM serves it), checked against ours",
+        description="""Export a model to the LLaVA-HF layout: a folder that LlavaForConditionalGeneration and
+AutoProcessor load with transformers alone (no trust_remote_code, no vlm-toolkit) and that vLLM serves.
+
+MODEL is whatever vlm merge writes, or a run folder / checkpoint-N / LoRA adapter (merged on the way).
+Before the folder is kept, it is reloaded with transformers and compared with our model: pixel_values
+on images of other sizes and modes (within 1e-5, with backend="pil"), logits on two prompts within the
+dtype's tolerance, and greedy tokens. A model with no exact LLaVA form (another projector, an open_clip
+tower CLIP cannot express, a preprocessing LLaVA's processor does not do) is refused, saying why.""",
+        epilog="""examples:
+  vlm export runs/merged --to llava --out runs/llava
+  vlm export runs/stage2 --to llava --out runs/llava-bf16 --dtype bf16     # merges the LoRA run first""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from apps.export.export import run
+
+    return run(args)
 
 
 def _add_generation_options(p: argparse.ArgumentParser, what: str) -> None:

@@ -8,8 +8,9 @@ Usage::
     python -m benchmarks.speed --rows full --impls ours --profile   # + the top ops of one step
 
 Shapes (full): open_clip ViT-B-16 (random weights: speed does not depend on them), 196 patch
-tokens from block -2, LLaVA's projector (``mlp2x_gelu``: LLaVA has no other, see
-``benchmarks/llava_reference.py``), SmolLM2-135M-Instruct (the offline weights). Sequences are
+tokens from block -2, LLaVA-1.5's projector (``mlp2x_gelu``; our default ``linear`` would reach
+LLaVA as ``linear_1`` plus an identity ``linear_2``, an extra matmul for the reference; the conversion is
+``vlm export``'s, ``apps/export``), SmolLM2-135M-Instruct (the offline weights). Sequences are
 real training samples of the synthetic shapes data (``eval/shapes/``) tokenized with the real
 tokenizer and chat template by the training code (``train.dataset``): captions for stage 1,
 1-3 turn QA for stage 2, eval questions for inference.

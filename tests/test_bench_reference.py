@@ -1,4 +1,4 @@
-"""The speed benchmark's reference is transformers' LLaVA with our weights: it must compute what we compute."""
+"""The speed benchmark's reference is transformers' LLaVA with our weights (``vlm export``'s conversion): it must compute what we compute."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import copy
 import pytest
 import torch
 
-from benchmarks.llava_reference import build_llava_reference, clip_vision_config, convert_state_dict
+from apps.export import build_llava
+from apps.export.config import clip_vision_config
+from apps.export.keymap import llava_state_dict
 from tiny import TINY_CLIP_CONFIG, build_tiny_vlm, make_image
 
 
@@ -26,7 +28,7 @@ def _build(llama_dir, quick_gelu=False, feature_layer=-2):
     model, processor = build_tiny_vlm(
         llama_dir, projector_type="mlp2x_gelu", vision_model_config=clip_config, vision_feature_layer=feature_layer
     )
-    return model, processor, build_llava_reference(model)
+    return model, processor, build_llava(model)
 
 
 @pytest.mark.parametrize(("quick_gelu", "feature_layer"), [(False, -2), (True, -2), (False, -1), (False, 0)])
@@ -71,7 +73,7 @@ def test_greedy_generation_is_the_same(llama_dir):
 
 def test_key_map_covers_every_weight_with_matching_shapes(llama_dir):
     model, _, reference = _build(llama_dir)
-    converted = convert_state_dict(model)
+    converted = llava_state_dict(model)
     layers = TINY_CLIP_CONFIG["vision_cfg"]["layers"]
     vision = [k for k in converted if k.startswith("model.vision_tower.")]
     # embeddings (3) + pre/post layer norms (4) + per block 16 (q/k/v/out weights and biases, 2 norms, 2 MLP layers)
@@ -82,7 +84,20 @@ def test_key_map_covers_every_weight_with_matching_shapes(llama_dir):
     assert config.layer_norm_eps == 1e-5 and config.patch_size == 16 and config.image_size == 224
 
 
-def test_a_linear_projector_has_no_llava_equivalent(llama_dir):
-    model, _ = build_tiny_vlm(llama_dir, projector_type="linear")
-    with pytest.raises(ValueError, match="mlp2x_gelu"):
-        build_llava_reference(model)
+def test_a_linear_projector_is_linear_1_with_an_identity_activation_and_linear_2(llama_dir):
+    model, processor = build_tiny_vlm(llama_dir, projector_type="linear")
+    reference = build_llava(model)
+    projector = reference.model.multi_modal_projector
+    assert reference.config.projector_hidden_act == "linear"
+    torch.testing.assert_close(projector.linear_1.weight, model.projector.weight, rtol=0, atol=0)
+    torch.testing.assert_close(projector.linear_2.weight, torch.eye(projector.linear_2.weight.shape[0]), rtol=0, atol=0)
+    batch = _batch(processor)
+    with torch.no_grad():
+        ours = model.get_image_features(batch["pixel_values"])
+        theirs = torch.cat(reference.get_image_features(batch["pixel_values"]).pooler_output)
+        # the identity linear_2 multiplies by 1 and adds exact zeros: the projected tokens are equal to the last bit
+        torch.testing.assert_close(reference.model.multi_modal_projector(model.vision_tower(batch["pixel_values"])), ours, rtol=0, atol=0)
+        logits = model(**batch).logits
+        their_logits = reference(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(theirs.reshape(ours.shape), ours, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(their_logits, logits, rtol=1e-4, atol=1e-4)

@@ -22,7 +22,7 @@ QUICK_LLM_OVERRIDES = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_
 
 def prepare(settings: Settings) -> dict[str, Any]:
     """Save our model, the LLaVA reference built from it, and every batch into the work folder."""
-    from benchmarks.llava_reference import build_llava_reference
+    from apps.export import build_llava
     from vlm import build_vlm
 
     work = Path(settings.workdir)
@@ -34,7 +34,7 @@ def prepare(settings: Settings) -> dict[str, Any]:
         model, processor = build_vlm("smollm2-135m-instruct", vision_model="ViT-B-16", projector_type="mlp2x_gelu")
     model.save_pretrained(work / "ours")
     processor.save_pretrained(work / "ours")
-    reference = build_llava_reference(model)
+    reference = build_llava(model)
     reference.save_pretrained(work / "reference")
     shapes = {
         "vision": model.config.vision_config["model_name"],
