@@ -116,7 +116,7 @@ def _run_build(args: argparse.Namespace) -> int:
 def _add_train(commands: argparse._SubParsersAction) -> None:
     from train import cli as train_cli
 
-    _add_library_command(commands, "train", "train a VLM in stages (pretrain, sft, LoRA; single process or DeepSpeed)", train_cli)
+    _add_library_command(commands, "train", "train a VLM in stages (pretrain, sft, LoRA, QLoRA; single process or DeepSpeed)", train_cli)
 
 
 def _add_merge(commands: argparse._SubParsersAction) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from vlm.quantization import COMPUTE_DTYPES, QUANTIZATIONS, QuantizationUnavailable, check_backend
+
 STAGES = ("pretrain", "sft")
 SHIPPED_DIR = Path(__file__).parent / "configs"
 SHIPPED_DEEPSPEED = {"zero2": "zero2.json", "zero3": "zero3.json", "zero3_offload": "zero3_offload.json"}
@@ -78,6 +80,15 @@ class TrainConfig:
     every layer made a SmolLM2-135M LoRA step 16-31% slower here (see benchmarks/README.md)."""
     lora_target_modules: str | list[str] = "all-linear"
     """``all-linear`` (every Linear of the LLM but ``lm_head``; never the vision tower or projector) or a list of module-name suffixes."""
+    quantization: str | None = None
+    """QLoRA (``sft_qlora.yaml``): quantize the LLM while it loads with bitsandbytes, ``nf4`` (QLoRA's
+    4-bit NormalFloat), ``fp4`` or ``int8``; the adapters, projector and vision tower stay in full
+    precision, and only they are saved. null: a full-precision LLM. Needs ``lora=true`` and
+    ``pip install -e .[qlora]``."""
+    double_quant: bool = True
+    """QLoRA, 4-bit only: also quantize the per-block scales (QLoRA's double quantization, ~0.4 bit per weight less)."""
+    compute_dtype: str = "auto"
+    """QLoRA: dtype the quantized layers compute in, ``fp32``, ``bf16``, ``fp16``, or ``auto``: the run's own (bf16 / fp16 when on, else fp32)."""
 
     # --- optimisation ----------------------------------------------------------------------
     learning_rate: float = 1e-3
@@ -151,6 +162,7 @@ class TrainConfig:
             problems.append("stage=sft needs init_from: the folder stage 1 (pretrain) wrote")
         if self.lora and self.stage != "sft":
             problems.append("lora=true needs stage=sft (stage 1 trains only the projector)")
+        problems += _quantization_problems(self)
         if self.projector_init not in ("random", "calibrate"):
             problems.append(f"projector_init={self.projector_init!r} is not one of random, calibrate")
         if self.projector_init == "calibrate" and self.init_from:
@@ -181,6 +193,26 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _quantization_problems(cfg: TrainConfig) -> list[str]:
+    """QLoRA's settings; the bitsandbytes backend is tried last, only when the rest is right."""
+    if cfg.quantization is None:
+        return []
+    if cfg.quantization not in QUANTIZATIONS:
+        return [f"quantization={cfg.quantization!r} is not one of {', '.join(QUANTIZATIONS)} (or null for a full-precision LLM)"]
+    problems = []
+    if not cfg.lora:
+        problems.append(f"quantization={cfg.quantization} (QLoRA) needs lora=true: a quantized LLM cannot be trained "
+                        "fully; use the shipped sft_qlora config, or drop quantization for full fine-tuning")
+    if cfg.compute_dtype not in ("auto", *COMPUTE_DTYPES):
+        problems.append(f"compute_dtype={cfg.compute_dtype!r} is not one of auto, {', '.join(COMPUTE_DTYPES)}")
+    if not problems:
+        try:
+            check_backend(cfg.quantization)
+        except QuantizationUnavailable as err:
+            problems.append(str(err))
+    return problems
 
 
 def _zero_stage(deepspeed_path: str | None) -> int | None:

@@ -2,7 +2,7 @@
 
     find the checkpoint and its base (from the checkpoint's own files, never the folder name)
     -> consolidate ZeRO shards with DeepSpeed's zero_to_fp32 -> load base + trained weights
-    (+ LoRA with peft) -> merge_and_unload -> save into a staging folder -> reload it and check
+    (+ LoRA with peft; a QLoRA adapter onto the full-precision base) -> merge_and_unload -> save into a staging folder -> reload it and check
     its logits against the unmerged model on a probe batch -> rename into place.
 
 The result loads with ``VLMForCausalLM`` / ``AutoModelForCausalLM`` / ``AutoProcessor``
@@ -12,6 +12,7 @@ without peft or DeepSpeed. Also runnable as ``python -m train.merge``.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,18 @@ from vlm.atomic import atomic_directory
 from vlm.loading import adapter_base, resolve_model_dir
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
+from vlm.quantization import QuantizationUnavailable, load_quantized, quantization_kind, read_quantization
 from vlm.safe_load import UnsafePickleError, weights_only_loads
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Max |logit difference| allowed between merged and unmerged, relative to the logits' scale
 # (max(1, max |logit|)): fp32 only reorders float sums; bf16/fp16 round every weight.
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
+# QLoRA: the merged model (adapter on the full-precision base) against the model as it was trained
+# (the same adapter on the quantized base), same scale. The difference is what the quantization of
+# the base costs, measured in benchmarks/README.md (QLoRA merge): these bounds are ~2-3x the largest
+# difference seen there, so a merge onto the wrong base or a broken adapter still fails.
+QUANTIZED_TOLERANCE = {"nf4": 0.1, "fp4": 0.1, "int8": 0.1}
 
 
 class MergeError(RuntimeError):
@@ -44,11 +51,18 @@ class MergeReport:
     zero: bool
     max_abs_diff: float | None
     tolerance: float | None
+    quantization: str | None = None  # QLoRA: the base's quantization during training
+    quantized_diff: float | None = None
+    quantized_tolerance: float | None = None
 
     def verification_line(self) -> str:
         if self.max_abs_diff is None:
             return "verification: skipped (--no-verify)"
-        return f"verification: max |logit diff| merged vs unmerged = {self.max_abs_diff:.3e} (tolerance {self.tolerance:.1e}) OK"
+        line = f"verification: max |logit diff| merged vs unmerged = {self.max_abs_diff:.3e} (tolerance {self.tolerance:.1e}) OK"
+        if self.quantized_diff is not None:
+            line += (f"; vs the {self.quantization}-quantized base with the adapter, as trained = {self.quantized_diff:.3e} "
+                     f"(tolerance {self.quantized_tolerance:.1e}: what the quantization costs) OK")
+        return line
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -126,8 +140,16 @@ def merge(
     verify: bool = True,
     tolerance: float | None = None,
     overwrite: bool = False,
+    quantized_tolerance: float | None = None,
 ) -> MergeReport:
-    """Merge ``source`` into a standalone model folder ``out`` (see the module docstring)."""
+    """Merge ``source`` into a standalone model folder ``out`` (see the module docstring).
+
+    A QLoRA adapter is merged onto the full-precision base it was trained from (as LLaVA's merge
+    does), so the result is an ordinary fp32 / bf16 / fp16 model. It is checked twice: against the
+    same unmerged adapter on the full-precision base (the merge itself, at ``tolerance``), and
+    against the adapter on the quantized base as training saw it (at ``quantized_tolerance``,
+    what the quantization costs).
+    """
     if dtype not in DTYPES:
         raise MergeError(f"--dtype {dtype} is not one of {', '.join(DTYPES)}")
     out = Path(out)
@@ -135,14 +157,16 @@ def merge(
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
     folder = find_checkpoint(source)
     model, processor, base_path, kind, zero = load_unmerged(folder, Path(base) if base else None)
+    quantization = read_quantization(folder) if kind == "lora" else None
     model.eval()
     probe = _probe_batch(processor)
     reference = _logits(model, probe) if verify else None
+    as_trained = _quantized_logits(model, base_path, quantization, probe) if verify and quantization else None
     merged = model.merge_and_unload() if kind == "lora" else model
     merged = merged.to(DTYPES[dtype])
     merged.config.dtype = DTYPES[dtype]
     tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype]
-    max_diff = None
+    max_diff = quantized_diff = quantized_bound = None
     with atomic_directory(out, overwrite=overwrite) as staging:
         merged.save_pretrained(staging, max_shard_size=max_shard_size)
         processor.save_pretrained(staging)
@@ -157,7 +181,37 @@ def merge(
                     f"> {bound:.3e} ({dtype}); nothing was written"
                 )
             tol = bound
-    return MergeReport(source=folder, base=base_path, kind=kind, zero=zero, max_abs_diff=max_diff, tolerance=tol if verify else None)
+            if as_trained is not None:
+                kind_name = quantization_kind(quantization)
+                quantized_diff = float((logits - as_trained).abs().max())
+                quantized_bound = (quantized_tolerance if quantized_tolerance is not None else QUANTIZED_TOLERANCE[kind_name]) \
+                    * max(1.0, float(as_trained.abs().max()))
+                if not quantized_diff <= quantized_bound:
+                    raise MergeError(
+                        f"verification failed: merged logits differ from the {kind_name}-quantized model with the adapter "
+                        f"(as trained) by {quantized_diff:.3e} > {quantized_bound:.3e}, more than {kind_name} quantization "
+                        "costs; is --base the model this run started from? (--quantized-tolerance to accept it); nothing was written"
+                    )
+    return MergeReport(
+        source=folder, base=base_path, kind=kind, zero=zero, max_abs_diff=max_diff, tolerance=tol if verify else None,
+        quantization=quantization_kind(quantization) if quantization else None,
+        quantized_diff=quantized_diff, quantized_tolerance=quantized_bound,
+    )
+
+
+def _quantized_logits(model: nn.Module, base: Path, quantization, probe: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of the model as QLoRA trained it: the base quantized again, the same adapter weights on it."""
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    try:
+        quantized = get_peft_model(load_quantized(base, quantization), copy.deepcopy(model.peft_config["default"]))
+    except QuantizationUnavailable as err:
+        raise MergeError(f"{err} (needed to compare the merged model with the quantized one it was trained as; "
+                         "--no-verify skips the check)") from err
+    set_peft_model_state_dict(quantized, get_peft_model_state_dict(model))
+    logits = _logits(quantized.eval(), probe)
+    del quantized
+    return logits
 
 
 def _adapter_base(folder: Path) -> Path:
@@ -235,6 +289,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--max-shard-size", default="5GB", help="split weights into safetensors shards above this size")
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the logits check")
     parser.add_argument("--tolerance", type=float, help="relative logits tolerance (default by dtype: fp32 1e-4, fp16 2e-2, bf16 1e-1)")
+    parser.add_argument("--quantized-tolerance", type=float,
+                        help="QLoRA runs: relative logits tolerance against the quantized model with the adapter, as trained "
+                             "(default by quantization: " + ", ".join(f"{k} {v:g}" for k, v in QUANTIZED_TOLERANCE.items()) + ")")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
 
@@ -242,9 +299,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     report = merge(
         args.source, args.out, base=args.base, dtype=args.dtype, max_shard_size=args.max_shard_size,
-        verify=args.verify, tolerance=args.tolerance, overwrite=args.overwrite,
+        verify=args.verify, tolerance=args.tolerance, overwrite=args.overwrite, quantized_tolerance=args.quantized_tolerance,
     )
-    kind = f"{report.kind}{' + ZeRO shards' if report.zero else ''}"
+    kind = f"{'qlora, ' + report.quantization + ' base' if report.quantization else report.kind}{' + ZeRO shards' if report.zero else ''}"
     print(f"merged {report.source} ({kind}; base {report.base or 'its own config'}) -> {args.out}", file=sys.stderr)
     print(report.verification_line(), file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from transformers import TrainingArguments, set_seed
+from transformers import BitsAndBytesConfig, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from projector import calibrate_projector
@@ -34,8 +34,10 @@ from train.stages import apply_stage, parameter_table
 from train.trainer import MetricsLogger, VLMTrainer
 from vlm.atomic import atomic_write_text, explained_write_errors, removed_on_failure, replace_directory
 from vlm.builder import build_vlm
+from vlm.configuration import VLMConfig
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
+from vlm.quantization import COMPUTE_DTYPES, bitsandbytes_config, load_quantized
 
 FINAL_DIR = "model"
 
@@ -66,6 +68,9 @@ def load_or_build(cfg: TrainConfig) -> tuple[VLMForCausalLM, VLMProcessor]:
         processor = VLMProcessor.from_pretrained(folder)
         if cfg.pad_to_square is not None:  # this run's image preprocessing, saved with its outputs
             processor.image_processor.pad_to_square = cfg.pad_to_square
+        quantization = quantization_config(cfg, folder)
+        if quantization is not None:
+            return load_quantized(folder, quantization, dtype=torch.float32, device=local_device()), processor
         return VLMForCausalLM.from_pretrained(folder, dtype=torch.float32), processor
     vision_config = json.loads(Path(cfg.vision_config).read_text()) if cfg.vision_config else None
     return build_vlm(
@@ -77,6 +82,23 @@ def load_or_build(cfg: TrainConfig) -> tuple[VLMForCausalLM, VLMProcessor]:
         vision_feature_layer=cfg.vision_feature_layer,
         pad_to_square=bool(cfg.pad_to_square),
     )
+
+
+def quantization_config(cfg: TrainConfig, folder: Path) -> BitsAndBytesConfig | None:
+    """QLoRA: the bitsandbytes settings for the LLM of the VLM in ``folder`` (None: full precision)."""
+    if not cfg.quantization:
+        return None
+    if cfg.compute_dtype == "auto":
+        bf16 = bf16_supported() if cfg.bf16 is None else cfg.bf16
+        compute = torch.bfloat16 if bf16 else torch.float16 if cfg.fp16 else torch.float32
+    else:
+        compute = COMPUTE_DTYPES[cfg.compute_dtype]
+    return bitsandbytes_config(VLMConfig.from_pretrained(folder), cfg.quantization, cfg.double_quant, compute)
+
+
+def local_device() -> torch.device:
+    """This process's device: its GPU (LOCAL_RANK under a launcher), else the CPU."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def resolve_resume(cfg: TrainConfig) -> str | None:
@@ -210,7 +232,8 @@ def run_training(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)
     model, processor = load_or_build(cfg)
     model = apply_stage(model, cfg)
-    log(f"stage {cfg.stage}{' (LoRA)' if cfg.lora else ''}: parameters\n{parameter_table(model)}")
+    kind = f" (QLoRA, {cfg.quantization} base)" if cfg.quantization else " (LoRA)" if cfg.lora else ""
+    log(f"stage {cfg.stage}{kind}: parameters\n{parameter_table(model)}")
     dataset, report = prepare_dataset(
         cfg.data, cfg.image_root, processor, cfg.max_length, cfg.skip_bad_samples, progress=is_main_process()
     )
@@ -240,6 +263,7 @@ def run_training(cfg: TrainConfig) -> Path:
         callbacks=[MetricsLogger(output_dir / "metrics.jsonl")],
         projector_lr=cfg.projector_lr,
         samples_per_step=samples_per_step,
+        quantization=getattr(getattr(model, "config", None), "quantization_config", None) if cfg.quantization else None,
     )
     if resume_from:
         log(f"resuming from {resume_from}")

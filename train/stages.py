@@ -28,8 +28,15 @@ def apply_stage(model: VLMForCausalLM, cfg: TrainConfig) -> nn.Module:
     if not cfg.lora:
         model.language_model.requires_grad_(True)
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if getattr(model, "is_quantized", False):
+        # QLoRA (peft's k-bit preparation): every non-quantized weight in fp32 (norms included),
+        # the input embeddings' outputs requiring grad so that gradient checkpointing reaches
+        # the adapters, and checkpointing itself when asked for.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model.requires_grad_(False)
+        model.projector.requires_grad_(True)
     lora = LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,

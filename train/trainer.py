@@ -4,7 +4,8 @@
 - atomic checkpoints: each ``checkpoint-N`` is written under a staging folder and renamed
   into place once every rank has finished, so a run killed while saving leaves the
   previous checkpoint as the latest complete one (``resume`` only sees complete ones);
-- samples/s in every log entry, and a JSONL metrics log written as training goes.
+- samples/s in every log entry, and a JSONL metrics log written as training goes;
+- QLoRA: every saved adapter records the quantization of the base it was trained on.
 
 Everything else (DeepSpeed ZeRO, accumulation, clipping, schedules, resume with optimizer,
 scheduler, RNG and data position) is the Trainer's own.
@@ -21,21 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import BitsAndBytesConfig, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.trainer_utils import rotate_checkpoints as hf_rotate_checkpoints
 
 from train.checkpoint_types import training_state_types
 from vlm.atomic import explained_write_errors, removed_on_failure
+from vlm.quantization import save_quantization
 from vlm.safe_load import weights_only_loads
 
 STAGING_DIR = ".staging"
 
 
 class VLMTrainer(Trainer):
-    def __init__(self, *args: Any, projector_lr: float | None = None, samples_per_step: int | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, projector_lr: float | None = None, samples_per_step: int | None = None,
+                 quantization: BitsAndBytesConfig | None = None, **kwargs: Any):
         self.projector_lr = projector_lr
+        self.quantization = quantization
         self.samples_per_step = samples_per_step
         self._staging = False
         self._last_log: tuple[float, int] | None = None
@@ -128,6 +132,12 @@ class VLMTrainer(Trainer):
         self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
         return self.optimizer
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.quantization is not None and self.args.should_save:
+            # QLoRA: the adapter was trained on a quantized base; chat, eval and merge read this.
+            save_quantization(output_dir if output_dir is not None else self.args.output_dir, self.quantization)
+
     def _get_output_dir(self, trial: Any) -> str:
         run_dir = super()._get_output_dir(trial)
         return os.path.join(run_dir, STAGING_DIR) if self._staging else run_dir
@@ -140,12 +150,15 @@ class VLMTrainer(Trainer):
             shutil.rmtree(staged)  # left over from a run killed while saving
         self.accelerator.wait_for_everyone()
         self._staging = True
+        hook = self.model.register_state_dict_post_hook(_trained_and_buffers_only) if self._saves_frozen_state() else None
         try:
             # A full disk or read-only folder: one line, and the partial checkpoint is removed.
             with explained_write_errors(final), removed_on_failure(staged if self.args.should_save else None):
                 super()._save_checkpoint(model, trial)
         finally:
             self._staging = False
+            if hook is not None:
+                hook.remove()
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             if os.path.exists(final):
@@ -155,6 +168,22 @@ class VLMTrainer(Trainer):
                 os.rmdir(os.path.dirname(staged))
             hf_rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+    def _saves_frozen_state(self) -> bool:
+        """DeepSpeed with an adapter: transformers asks DeepSpeed to leave frozen parameters out of the
+        checkpoint's module state, but DeepSpeed drops only the names ``named_parameters()`` lists, so a
+        tied output head (the embeddings again, e.g. 113 MB for SmolLM2) and, under QLoRA, the quantized
+        base's constants (bitsandbytes' absmax, quant_map, ...: state-dict entries, not parameters) were
+        kept in every checkpoint, never read back (resume and merge take the base from ``init_from``)."""
+        return self.is_deepspeed_enabled and hasattr(self.model, "peft_config")
+
+
+def _trained_and_buffers_only(module: torch.nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """A state-dict post-hook: keep the trainable parameters and the buffers, drop every other entry."""
+    keep = {prefix + name for name, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+    keep |= {prefix + name for name, _ in module.named_buffers(remove_duplicate=False)}
+    for name in [name for name in state_dict if name not in keep]:
+        del state_dict[name]
 
 
 class MetricsLogger(TrainerCallback):

@@ -2,7 +2,9 @@
 
 - a saved or merged model folder (``config.json`` + safetensors);
 - a LoRA adapter folder (a training run's final model or any of its checkpoints): the base
-  named in ``adapter_config.json`` is loaded and the adapter applied with peft, unmerged;
+  named in ``adapter_config.json`` is loaded and the adapter applied with peft, unmerged; a
+  QLoRA adapter (``quantization_config.json`` beside it) gets its base quantized the same way
+  as in training (needs bitsandbytes);
 - a training run folder: its final model (``RUN/model``) or, before it exists, its latest
   checkpoint.
 
@@ -22,6 +24,7 @@ from torch import nn
 from vlm.folder_check import check_adapter_folder, check_model_folder, check_processor_files
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
+from vlm.quantization import load_quantized, read_quantization
 from vlm.safe_load import weights_only_loads
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -67,10 +70,16 @@ def _load_model(path: str | os.PathLike, dtype: torch.dtype, device: str | torch
         check_adapter_folder(folder)
         base_path = adapter_base(folder)
         check_model_folder(base_path)
-        base = VLMForCausalLM.from_pretrained(base_path, dtype=dtype)
+        quantization = read_quantization(folder)
+        if quantization is None:
+            base = VLMForCausalLM.from_pretrained(base_path, dtype=dtype)
+        else:  # QLoRA: the base as the adapter was trained on it, quantized while it loads
+            base = load_quantized(base_path, quantization, dtype=dtype, device=device)
         model = PeftModel.from_pretrained(base, folder)
         processor_dir = folder if (folder / "processor_config.json").is_file() else base_path
         check_processor_files(processor_dir)
+        if quantization is not None:  # already on its device: a quantized model is not moved
+            return model.eval(), VLMProcessor.from_pretrained(processor_dir)
     else:
         if not any(folder.glob("*.safetensors")):
             raise FileNotFoundError(
