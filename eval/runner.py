@@ -64,16 +64,18 @@ class EvalResult:
 
 
 def generate_answers(
-    model: Any, processor: Any, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]], max_new_tokens: int
+    model: Any, processor: Any, prompts: Sequence[str], images: Sequence[Sequence[Image.Image]], max_new_tokens: int,
+    share_prefix: bool = True,
 ) -> list[str]:
     """Greedy replies to a batch of user prompts (``<image>`` marks, one image list per prompt).
 
     Each prompt becomes one user turn of the processor's chat template; generation is
-    ``vlm.chat.generate`` (left-padded batch, context-length checks). Answers are stripped.
+    ``vlm.chat.generate`` (left-padded batch, context-length checks, the prefix that questions
+    about one image share run once unless ``share_prefix`` is off). Answers are stripped.
     """
     texts = [processor.apply_chat_template([{"role": "user", "content": prompt}]) for prompt in prompts]
     with torch.inference_mode():
-        answers = generate(model, processor, texts, images, max_new_tokens=max_new_tokens)
+        answers = generate(model, processor, texts, images, max_new_tokens=max_new_tokens, share_prefix=share_prefix)
     return [answer.strip() for answer in answers]
 
 
@@ -271,6 +273,7 @@ def run_eval(
     dtype: str | None = None,
     images: str = "given",
     progress: bool = True,
+    share_prefix: bool = True,
 ) -> EvalResult:
     """Answer a benchmark's questions with a model (greedy, batched), resumably, and score them.
 
@@ -291,6 +294,9 @@ def run_eval(
             answers depend on them: ``"blank"`` (each image replaced by a black one of the same
             size) or ``"none"`` (no image at all: the image marks are removed from the prompts).
         progress: show a tqdm bar on stderr.
+        share_prefix: run the prompt prefix that a batch's questions about one image share
+            (system text, image tokens, the user turn's opening) once, through the KV cache
+            (``vlm.shared_prefix``); off, every question runs whole (the same answers, slower).
 
     Raises:
         FileNotFoundError: a data file or image is missing (the message says where the
@@ -348,7 +354,7 @@ def run_eval(
             with bar, explained_write_errors(predictions_path), open(predictions_path, "ab", buffering=0) as handle:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
-                    replies = _answer_batch(batch, prompts, vlm_model, processor, max_new_tokens, images)
+                    replies = _answer_batch(batch, prompts, vlm_model, processor, max_new_tokens, images, share_prefix)
                     records = [
                         {"id": question.id, "prompt": prompts[question.id], "answer": reply, "reference": question.reference}
                         | ({} if images == "given" else {"images": images})
@@ -385,7 +391,7 @@ def _ablate_prompt(prompt: str, images: str) -> str:
 
 def _answer_batch(
     batch: Sequence[Question], prompts: dict[str, str], model: Any, processor: Any, max_new_tokens: int,
-    images: str = "given",
+    images: str = "given", share_prefix: bool = True,
 ) -> list[str]:
     # Benchmarks write "<image>"; a processor may use another mark.
     texts = [prompts[question.id].replace(IMAGE_TOKEN, processor.image_token) for question in batch]
@@ -395,7 +401,7 @@ def _answer_batch(
         pictures = [[open_image(source, question.id) for source in question.images] for question in batch]
     if images == "blank":
         pictures = [[Image.new("RGB", picture.size) for picture in row] for row in pictures]
-    return generate_answers(model, processor, texts, pictures, max_new_tokens)
+    return generate_answers(model, processor, texts, pictures, max_new_tokens, share_prefix)
 
 
 def score_predictions(

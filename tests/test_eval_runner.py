@@ -417,6 +417,30 @@ def test_batching_does_not_change_the_answers(model_dir, tmp_path):
     assert {k: r["answer"] for k, r in answers[0].items()} == {k: r["answer"] for k, r in answers[1].items()}
 
 
+@pytest.mark.parametrize("images", ["given", "blank", "none"])
+def test_sharing_each_images_prefix_gives_the_plain_answers_with_one_tower_run_per_image(qwen2_dir, tmp_path, images):
+    """Several questions per image (the shapes data): the same answers with the prefix shared and without."""
+    model, processor = build_tiny_vlm(qwen2_dir)  # its answers depend on the prompt and the image; fp32
+    data = write_shapes(tmp_path / "shapes")
+    encoded = []
+    model.vision_tower.register_forward_hook(lambda module, args, output: encoded.append(args[0].shape[0]))
+    results = {}
+    for share in (False, True):
+        encoded.clear()
+        result = run_eval((model, processor), "shapes", data, tmp_path / f"share-{share}", batch_size=8, max_new_tokens=6,
+                          images=images, progress=False, share_prefix=share)
+        results[share] = ({k: r["answer"] for k, r in read_predictions(result.output_dir / "predictions.jsonl").items()},
+                          sum(encoded))
+    questions = json.loads(Path(data).read_text())
+    assert len(questions) > len({q["image"] for q in questions}), "the data asks several questions per image"
+    assert results[True][0] == results[False][0]
+    if images == "given":
+        assert results[False][1] == len(questions)
+        assert results[True][1] < len(questions), "an image asked about twice in a batch is encoded once"
+    if images == "none":
+        assert results[True][1] == results[False][1] == 0
+
+
 def test_limit_keeps_whole_groups_and_a_run_folder_works(model_dir, tmp_path):
     run_folder = tmp_path / "run"
     shutil.copytree(model_dir, run_folder / "model")  # a training run's final model

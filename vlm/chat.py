@@ -6,10 +6,11 @@ The pieces, from small to large:
   images and the history become chat messages (``<image>`` marks in user turns, as in LLaVA's
   data) and prompt text;
 - ``generate``: chat-formatted prompts -> replies, batched with left padding, optionally
-  streamed; it refuses a prompt that does not fit the model's context;
+  streamed, each shared prefix run once (``vlm.shared_prefix``); it refuses a prompt that does
+  not fit the model's context;
 - ``answer_once``: one question about some images;
-- ``ChatSession``: a multi-turn conversation (history re-sent each turn, images kept with the
-  turn they came in), savable in the training SFT format;
+- ``ChatSession``: a multi-turn conversation (history rendered each turn, its KV cache kept
+  across turns, images kept with the turn they came in), savable in the training SFT format;
 - ``chat_loop``: the interactive ``/image``, ``/reset``, ``/save`` prompt on top of a session.
 
 ``vlm.predict`` builds batched answering of question files on the same pieces.
@@ -33,6 +34,7 @@ from vision import load_image
 from vlm.atomic import atomic_write_json
 from vlm.loading import load_model
 from vlm.processing import VLMProcessor
+from vlm.shared_prefix import ConversationCache, generate_sharing_prefixes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -161,11 +163,17 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     stream: TextIO | None = None,
+    share_prefix: bool = True,
+    conversation: ConversationCache | None = None,
 ) -> list[str]:
     """Replies to chat-formatted ``prompts`` (one list of images each), generated as one left-padded batch.
 
     ``seed`` reseeds torch first when given. ``stream`` (batches of one only) receives the
     reply token by token, then a newline. Generation stops at the model's context length.
+    ``share_prefix`` (default) runs the prefix that prompts with the same images share (system
+    text, image tokens, ...) once through the KV cache (``vlm.shared_prefix``); off, every
+    prompt runs whole, as a plain ``generate``. ``conversation`` (one prompt) continues from the
+    tokens it holds instead, and keeps this turn's for the next.
     """
     if stream is not None and len(prompts) != 1:
         raise ValueError(f"streaming works on one prompt at a time, got {len(prompts)}")
@@ -177,19 +185,28 @@ def generate(
     prompt_tokens = inputs["input_ids"].shape[1]  # [B, L], left-padded to the longest prompt
     if limit is not None:
         max_new_tokens = min(max_new_tokens, limit - prompt_tokens)
-    inputs = inputs.to(model.device)
-    if "pixel_values" in inputs:
-        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     if seed is not None:
         torch.manual_seed(seed)
-    output = model.generate(
-        **inputs,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=processor.tokenizer.pad_token_id,  # the processor always sets one; silences generate's warning
-        streamer=_Streamer(processor.tokenizer, stream) if stream is not None else None,
+    options = {
+        "max_new_tokens": max_new_tokens,
+        "streamer": _Streamer(processor.tokenizer, stream) if stream is not None else None,
         **sampling,
-    )
-    return processor.batch_decode(output[:, prompt_tokens:], skip_special_tokens=True)
+    }
+    if conversation is not None:
+        new_tokens = conversation.generate(model, processor, inputs, **options)
+    elif share_prefix:
+        new_tokens = generate_sharing_prefixes(model, processor, inputs, **options)
+    else:
+        inputs = inputs.to(model.device)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        output = model.generate(
+            **inputs,
+            pad_token_id=processor.tokenizer.pad_token_id,  # the processor always sets one; silences generate's warning
+            **options,
+        )
+        new_tokens = output[:, prompt_tokens:]
+    return processor.batch_decode(new_tokens, skip_special_tokens=True)
 
 
 def as_image(image: ImageInput) -> Image.Image:
@@ -239,9 +256,11 @@ class Turn:
 class ChatSession:
     """A multi-turn conversation with a VLM.
 
-    Every turn re-sends the whole history through the chat template; an image stays attached
+    Every turn renders the whole history through the chat template; an image stays attached
     to the user turn it was given with. Turn ``k`` samples with seed ``seed + k``, so a session
-    replays exactly.
+    replays exactly. The conversation's KV cache is kept across turns (``ConversationCache``):
+    a turn runs only the tokens the cache does not hold (its own question, the previous reply's
+    end), and an image is encoded once, in the turn it came with.
     """
 
     def __init__(
@@ -260,6 +279,8 @@ class ChatSession:
         self.turns: list[Turn] = []
         self.pending: list[tuple[Path, Image.Image]] = []
         """Images attached for the next turn."""
+        self.cache = ConversationCache()
+        """The keys and values of the conversation so far."""
 
     def attach_image(self, path: str | os.PathLike) -> Path:
         """Decode an image now (``ImageLoadError`` if unusable) and attach it to the next turn."""
@@ -282,7 +303,7 @@ class ChatSession:
         images = [image for turn in self.turns for image in turn.images] + pictures  # in prompt order
         answer = generate(
             self.model, self.processor, [self.prompt(text)], [images], self.max_new_tokens,
-            self.temperature, self.top_p, self.seed + len(self.turns), stream,
+            self.temperature, self.top_p, self.seed + len(self.turns), stream, conversation=self.cache,
         )[0]
         self.turns.append(Turn(content, paths, answer, pictures))
         self.pending = []
@@ -291,6 +312,7 @@ class ChatSession:
     def reset(self) -> None:
         """Start over: forget the history and the pending images."""
         self.turns, self.pending = [], []
+        self.cache.reset()
 
     def to_record(self, record_id: str) -> dict[str, Any]:
         """The conversation as one LLaVA SFT record: ``{"id", "image": [paths], "conversations"}``."""
