@@ -170,7 +170,7 @@ def _add_generation_options(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: 0)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weight dtype (default: bfloat16 on GPU, float32 on CPU)")
+                   help="weight dtype (default: bfloat16 on a GPU with bf16 or a CPU with AMX, else float32)")
 
 
 def _add_chat(commands: argparse._SubParsersAction) -> None:
@@ -413,7 +413,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
                    "without any image (image marks removed); the gap to 'given' (default) shows the answers use the image")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weight dtype (default: bfloat16 on GPU, float32 on CPU)")
+                   help="weight dtype (default: bfloat16 on a GPU with bf16 or a CPU with AMX, else float32)")
     p.set_defaults(run=_run_eval)
 
 

@@ -289,7 +289,8 @@ def run_eval(
         limit: evaluate only the first ``limit`` items (deterministic: file order).
         batch_size: prompts per ``generate`` call.
         max_new_tokens: reply length limit; default the benchmark's.
-        device, dtype: as ``vlm chat`` (default cuda + bfloat16 if available, else cpu + float32).
+        device, dtype: as ``vlm chat`` (default cuda if available, else cpu; bf16 weights where that device
+            multiplies bf16 fast, a GPU with bf16 or a CPU with AMX, else fp32: ``vlm.precision``).
         images: ``"given"`` (the benchmark's images), or an ablation that shows how much the
             answers depend on them: ``"blank"`` (each image replaced by a black one of the same
             size) or ``"none"`` (no image at all: the image marks are removed from the prompts).

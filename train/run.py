@@ -36,17 +36,11 @@ from vlm.atomic import atomic_write_text, explained_write_errors, removed_on_fai
 from vlm.builder import build_vlm
 from vlm.configuration import VLMConfig
 from vlm.modeling import VLMForCausalLM
+from vlm.precision import bf16_supported  # bf16 autocast pays off on GPUs with bf16 and CPUs with AMX
 from vlm.processing import VLMProcessor
 from vlm.quantization import COMPUTE_DTYPES, bitsandbytes_config, load_quantized
 
 FINAL_DIR = "model"
-
-
-def bf16_supported() -> bool:
-    """bf16 autocast pays off on GPUs with bf16 and on CPUs with AMX; elsewhere it is far slower than fp32."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def is_main_process() -> bool:

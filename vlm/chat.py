@@ -33,6 +33,7 @@ from transformers import TextStreamer
 from vision import load_image
 from vlm.atomic import atomic_write_json
 from vlm.loading import load_model
+from vlm.precision import inference_dtype
 from vlm.processing import VLMProcessor
 from vlm.shared_prefix import ConversationCache, generate_sharing_prefixes
 
@@ -49,9 +50,13 @@ class ContextLengthError(ValueError):
 def load_for_chat(
     model_dir: str | os.PathLike, device: str | None = None, dtype: str | None = None
 ) -> tuple[nn.Module, VLMProcessor]:
-    """Load a saved/merged VLM, a LoRA training output or checkpoint, or a run folder, for inference."""
+    """Load a saved/merged VLM, a LoRA training output or checkpoint, or a run folder, for inference.
+
+    ``dtype`` defaults to bf16 weights where the device multiplies bf16 fast (a GPU with bf16,
+    a CPU with AMX), else fp32 (``vlm.precision``).
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    dtype = dtype or inference_dtype(device)
     return load_model(model_dir, dtype=DTYPES[dtype], device=device)
 
 
