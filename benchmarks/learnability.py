@@ -49,6 +49,7 @@ from train.stages import apply_stage
 from vlm.atomic import atomic_write_text
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
+from vlm.shared_prefix import common_prefix_length
 
 ROLES = {"human": "user", "gpt": "assistant"}
 
@@ -169,14 +170,6 @@ def eval_items(processor: VLMProcessor, questions: list[dict[str, Any]], describ
     return [{"stem": stem, "questions": qs} for stem, qs in by_image.items()]
 
 
-def common_prefix(rows: list[torch.Tensor]) -> int:
-    n = min(len(r) for r in rows)
-    for i in range(n):
-        if any(r[i] != rows[0][i] for r in rows[1:]):
-            return i
-    return n
-
-
 @torch.no_grad()
 def evaluate(model: VLMForCausalLM, items: list[dict[str, Any]], features: dict[str, torch.Tensor], pad_id: int) -> dict[str, Any]:
     """Teacher-forced exact match per task; the image prefix runs once per image (KV cache)."""
@@ -187,7 +180,7 @@ def evaluate(model: VLMForCausalLM, items: list[dict[str, Any]], features: dict[
     for item in items:
         rows = [q["input_ids"] for q in item["questions"]]
         # Every answer lies after its question, so the shared prefix never reaches a label.
-        cut = common_prefix(rows)
+        cut = common_prefix_length([r.tolist() for r in rows])
         prefix = rows[0][:cut][None]
         if item["questions"][0]["num_images"]:
             embeds = model.embed_inputs(prefix, None, torch.tensor([1]), features[item["stem"]][None])
