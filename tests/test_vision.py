@@ -10,18 +10,28 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tiny import TINY_CLIP_CONFIG, make_image
 from vision import ImageLoadError, ImagePreprocessor, load_image, load_vision_tower, pad_to_square, to_rgb
 
 
+def _batch_first(visual: torch.nn.Module) -> torch.nn.Module:
+    """A copy of an open_clip tower in open_clip's default layout (blocks on (N, L, D) tokens)."""
+    visual = copy.deepcopy(visual)
+    visual.transformer.batch_first = True
+    for block in visual.transformer.resblocks:
+        block.attn.batch_first = True
+    return visual
+
+
 def _block_output(visual: torch.nn.Module, block: int, pixels: torch.Tensor) -> torch.Tensor:
-    """Run open_clip's own forward and capture the output of one residual block."""
+    """Run open_clip's own forward, in its default layout, and capture the output of one residual block."""
+    visual = _batch_first(visual)
     captured = {}
-    handle = visual.transformer.resblocks[block].register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
+    visual.transformer.resblocks[block].register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
     with torch.no_grad():
         visual(pixels)
-    handle.remove()
     return captured["x"]  # [N, 1 + T, D], CLS first
 
 
@@ -33,7 +43,44 @@ def test_patch_tokens_equal_open_clip_block_output(feature_layer, block):
     tokens = tower(pixels)
     assert tokens.shape == (2, 196, 32)
     reference = _block_output(tower.visual, block, pixels)[:, 1:]
-    torch.testing.assert_close(tokens, reference, rtol=0, atol=0)
+    # fp32; the tower runs its blocks sequence-first (one addmm per projection), open_clip's
+    # default batch-first (a fused attention kernel): equal up to float rounding.
+    torch.testing.assert_close(tokens, reference, rtol=1e-5, atol=1e-5)
+
+
+class _Ops(TorchDispatchMode):
+    """Counts the aten ops that run and the matrix products' operand shapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, list[tuple[int, ...]]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append((func.__name__, [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_under_bf16_autocast_every_projection_is_one_matrix_product():
+    """open_clip's default layout under autocast runs each attention's input projection as a bmm of
+    197 products against a broadcast weight (a slow kernel shape); the tower's layout folds it."""
+    torch.manual_seed(0)
+    tower = load_vision_tower(None, model_config=TINY_CLIP_CONFIG)
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.autocast("cpu", dtype=torch.bfloat16), _Ops() as counted:
+        tokens = tower(pixels)
+    names = [name for name, _ in counted.ops]
+    blocks = tower.block_index + 1
+    assert "bmm.default" not in names
+    # per block: the input projection, the output projection and the two MLP layers, each one 2-D addmm
+    products = [shapes for name, shapes in counted.ops if name == "addmm.default"]
+    assert len(products) == 4 * blocks
+    assert all(len(matrix) == 2 for _, *matrices in products for matrix in matrices)  # (bias, input, weight)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = _batch_first(tower.visual).forward_intermediates(
+            pixels, indices=[tower.block_index], stop_early=True, intermediates_only=True, output_fmt="NLC"
+        )["image_intermediates"][0]
+    # bf16 tolerance: the same products in another kernel shape
+    torch.testing.assert_close(tokens.float(), reference.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_weights_file_loads_the_clip_image_tower(tmp_path):
@@ -45,7 +92,7 @@ def test_weights_file_loads_the_clip_image_tower(tmp_path):
     for name, tensor in tower.visual.state_dict().items():
         assert torch.equal(tensor, clip.visual.state_dict()[name]), name
     pixels = torch.randn(1, 3, 224, 224)
-    # Another module instance may pick another SDPA kernel: equal up to float rounding.
+    # Another module instance and layout may pick another kernel: equal up to float rounding.
     torch.testing.assert_close(tower(pixels), _block_output(clip.visual, 1, pixels)[:, 1:])
     assert tower.vision_config["pretrained"] == str(path)
 

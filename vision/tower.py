@@ -76,6 +76,7 @@ class VisionTower(nn.Module):
             )
         self.feature_layer = feature_layer
         self.block_index = feature_layer % self.num_layers
+        _run_sequence_first(self.visual)
         self.hidden_size = self.visual.transformer.width
         grid_h, grid_w = self.visual.grid_size
         self.num_patches = grid_h * grid_w
@@ -102,6 +103,25 @@ class VisionTower(nn.Module):
                 output_fmt="NLC",  # tokens, CLS already split off by open_clip
             )
         return out["image_intermediates"][0]  # [N, T, D]
+
+
+def _run_sequence_first(visual: VisionTransformer) -> None:
+    """Run the blocks on ``(L, N, D)`` tokens, open_clip's ``batch_first=False`` layout (same weights, same outputs).
+
+    In open_clip's default batch-first layout, ``nn.MultiheadAttention`` transposes its input to
+    ``(L, N, D)`` without a copy and projects it with ``F.linear``; under autocast (bf16 training
+    on AMX CPUs and GPUs) that projection is not folded into one matrix product but runs as a
+    ``bmm`` of L = 197 products of N rows each against a broadcast weight, a slow kernel shape.
+    Sequence-first, open_clip makes the tokens contiguous ``(L, N, D)`` once, and every
+    projection is one ``addmm``; in fp32 (where the batch-first layout would use torch's fused
+    attention kernel) it measured as fast or faster. open_clip builds the vision tower batch-first
+    without a way to ask otherwise, hence the switch after building.
+    """
+    blocks = visual.transformer.resblocks
+    if all(isinstance(getattr(block, "attn", None), nn.MultiheadAttention) for block in blocks):
+        visual.transformer.batch_first = False
+        for block in blocks:
+            block.attn.batch_first = False
 
 
 def resolve_open_clip_config(model_name: str | None, model_config: dict[str, Any] | None) -> dict[str, Any]:
