@@ -414,6 +414,9 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weight dtype (default: bfloat16 on a GPU with bf16 or a CPU with AMX, else float32)")
+    p.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
+                   help="run every prompt whole: by default the prefix that a batch's questions about one image share "
+                   "(system text, image tokens) runs once through the KV cache; the answers are the same either way")
     p.set_defaults(run=_run_eval)
 
 
@@ -431,7 +434,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         result = run_eval(
             args.model, args.benchmark, args.data, args.output, image_root=args.image_root, limit=args.limit,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device=args.device, dtype=args.dtype,
-            images=args.images,
+            images=args.images, share_prefix=args.share_prefix,
         )
     print((result.output_dir / REPORT_FILE).read_text(), end="")
     print(f"wrote {result.output_dir} ({result.num_generated} answers generated now)", file=sys.stderr)

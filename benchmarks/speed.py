@@ -62,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ from benchmarks.speedbench.prepare import prepare
 from benchmarks.speedbench.report import render_report, summarize
 from benchmarks.speedbench.settings import DTYPES, IMPLS, ROWS, TRAIN_ROWS, Settings
 from benchmarks.speedbench.worker import run_worker
+from vlm.atomic import atomic_write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_MARK = "BENCH_RESULT "
@@ -136,18 +138,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     settings = settings_from_args(args)
     settings.workdir = tempfile.mkdtemp(prefix="vlm-bench-")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        report = run_benchmark(settings, in_process=args.in_process)
+        # written after every row too: an interrupted or failing run keeps what it measured
+        report = run_benchmark(settings, in_process=args.in_process, save=lambda partial: atomic_write_json(out, partial, indent=2))
     finally:
         if args.keep_workdir:
             print(f"work folder kept: {settings.workdir}", file=sys.stderr)
         else:
             shutil.rmtree(settings.workdir, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    atomic_write_json(out, report, indent=2)
     print(render_report(report))
     print(f"\nJSON: {out}")
+    for failure in report["failures"]:
+        print(f"row {failure['row']} / {failure['impl']} / {failure['dtype']} failed: {failure['error']}", file=sys.stderr)
     return report
 
 
@@ -156,7 +161,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def run_benchmark(settings: Settings, in_process: bool = False) -> dict[str, Any]:
+def run_benchmark(
+    settings: Settings, in_process: bool = False, save: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Every (dtype, row, impl) of ``settings``; ``save`` gets the report so far after each one.
+
+    A row that fails is noted in ``failures`` (its error's last line) and the run goes on.
+    """
     started = time.time()
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -165,21 +176,41 @@ def run_benchmark(settings: Settings, in_process: bool = False) -> dict[str, Any
     peaks = {name: measure_matmul_peak(DTYPES[name], settings.quick) for name in ("fp32", "bf16")}
     print(f"matmul peaks: fp32 {peaks['fp32']['gflops']:.1f} GFLOP/s, bf16 {peaks['bf16']['gflops']:.2f} GFLOP/s", file=sys.stderr)
     shapes = prepare(settings)
-    results = []
+    results: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+
+    def report(complete: bool) -> dict[str, Any]:
+        return {
+            "settings": {k: v for k, v in asdict(settings).items() if k != "workdir"},
+            "machine": machine,
+            "matmul_peak": peaks,
+            "shapes": shapes,
+            "results": results,
+            "failures": failures,
+            "summary": summarize(results, peaks),
+            "complete": complete,
+            "wall_s": round(time.time() - started, 1),
+        }
+
     for dtype in settings.dtypes:
         for row in settings.rows:
             for impl in settings.impls:
                 if impl in ("ours-plain", "ours-fast") and row not in TRAIN_ROWS:
                     continue  # these optimizations only change training steps
                 print(f"running {row} / {impl} / {dtype} ...", file=sys.stderr)
-                if in_process:
-                    records = run_worker(settings, row, impl, dtype)
-                else:
-                    records = run_worker_process(settings, row, impl, dtype)
+                try:
+                    records = (run_worker if in_process else run_worker_process)(settings, row, impl, dtype)
+                except Exception as error:  # noqa: BLE001 - one row's failure must not lose the others
+                    last = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+                    failures.append({"row": row, "impl": impl, "dtype": dtype, "error": last})
+                    print(f"  {row} / {impl} / {dtype} failed: {last}", file=sys.stderr)
+                    records = []
                 results.extend(records)
                 for record in records:
                     print(f"  {record['row']} {impl}: {1e3 * record['median_s']:.1f} ms (median of "
                           f"{[round(1e3 * t) for t in record['times_s']]}), load {record['load_1m']}", file=sys.stderr)
+                if save is not None:
+                    save(report(complete=False))
     machine["load_after"] = [round(x, 2) for x in os.getloadavg()]
     # Measured again at the end, keeping the faster: on a shared machine a burst of other work
     # during one measurement would understate the peak (and overstate MFU).
@@ -190,15 +221,7 @@ def run_benchmark(settings: Settings, in_process: bool = False) -> dict[str, Any
             peaks[name].update(gflops=again["gflops"], n=again["n"], layout=again["layout"])
         for layout, gflops in again["by_layout"].items():
             peaks[name]["by_layout"][layout] = max(gflops, peaks[name]["by_layout"].get(layout, 0.0))
-    return {
-        "settings": {k: v for k, v in asdict(settings).items() if k != "workdir"},
-        "machine": machine,
-        "matmul_peak": peaks,
-        "shapes": shapes,
-        "results": results,
-        "summary": summarize(results, peaks),
-        "wall_s": round(time.time() - started, 1),
-    }
+    return report(complete=True)
 
 
 def run_worker_process(settings: Settings, row: str, impl: str, dtype: str) -> list[dict[str, Any]]:
@@ -213,4 +236,4 @@ def run_worker_process(settings: Settings, row: str, impl: str, dtype: str) -> l
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main().get("failures") else 0)

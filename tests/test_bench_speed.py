@@ -90,3 +90,59 @@ def test_quick_run_with_worker_processes_and_bf16(tmp_path):
     report = json.loads(out.read_text())
     assert {(r["row"], r["dtype"]) for r in report["results"]} == {("ttft_b1", "bf16"), ("decode_b1", "bf16")}
     assert all(r["peak_rss_mib"] >= r["rss_loaded_mib"] > 100 for r in report["results"])
+
+
+# --------------------------------------------------------------------------- a run that loses nothing
+
+_SHAPES = {
+    "vision": "ViT-tiny", "vision_layers": 2, "vision_width": 32, "image_tokens": 196, "projector": "mlp2x_gelu",
+    "llm": "tiny", "llm_layers": 2, "llm_hidden": 64, "vocab": 100, "params_m": 1.0,
+    "batches": {
+        **{name: {"batch": 2, "tokens_per_sample": 10, "padded_length": 12, "labeled_positions": 5} for name in ("stage1", "stage2")},
+        **{name: {"prompt_tokens": 20} for name in ("infer_b1", "infer_b8")},
+    },
+}
+
+
+def _record(row: str, impl: str, flops: float) -> dict:
+    return {"row": row, "impl": impl, "dtype": "fp32", "batch": 2, "median_s": 0.5, "times_s": [0.5], "tokens": 20,
+            "executed_flops": flops, "load_1m": [1.0, 1.0], "peak_rss_mib": 200.0}
+
+
+def test_a_failing_row_loses_no_other_and_each_row_is_saved_as_it_finishes(monkeypatch, tmp_path, capsys):
+    """Only ours-fast (whose compiled code counts no FLOPs) and a reference that fails: a table all the same."""
+    monkeypatch.setattr(speed, "measure_matmul_peak", lambda dtype, quick: {"gflops": 100.0, "n": 256, "layout": "nn",
+                                                                            "by_layout": {"nn": 100.0}})
+    monkeypatch.setattr(speed, "prepare", lambda settings: _SHAPES)
+
+    def worker(settings, row, impl, dtype):
+        if impl == "reference":
+            raise RuntimeError(f"worker {row}/{impl}/{dtype} failed (exit 1):\nTraceback (most recent call last):\nMemoryError: out of RAM")
+        return [_record(row, impl, flops=0)]
+
+    monkeypatch.setattr(speed, "run_worker", worker)
+    out, saved = tmp_path / "speed.json", []
+
+    def save(path, obj, indent=None):
+        write_json(path, obj, indent=indent)
+        saved.append(json.loads(Path(path).read_text()))
+
+    write_json = speed.atomic_write_json
+    monkeypatch.setattr(speed, "atomic_write_json", save)
+    report = speed.main(["--rows", "stage1", "lora", "--impls", "ours-fast", "reference", "--in-process", "--out", str(out)])
+    # one save per (row, impl) as it finishes, then the final report
+    assert [len(s["results"]) for s in saved] == [1, 1, 2, 2, 2]
+    assert [s["complete"] for s in saved] == [False] * 4 + [True]
+    assert [len(s["failures"]) for s in saved] == [0, 1, 1, 2, 2]
+    assert json.loads(out.read_text()) == saved[-1]
+    assert report["failures"] == [{"row": row, "impl": "reference", "dtype": "fp32", "error": "MemoryError: out of RAM"}
+                                  for row in ("stage1", "lora")]
+    lines = {line["row"]: line for line in report["summary"]}
+    assert set(lines) == {"stage1", "lora"}
+    for line in lines.values():
+        assert line["ours_ms"] == 500.0 and line["reference_ms"] is None and line["ratio"] is None
+        assert line["model_gflop"] is None and line["mfu_fp32"] is None and line["mfu_bf16"] is None
+    captured = capsys.readouterr()
+    assert "stage 1 step (projector), all optimizations" in captured.out
+    assert "row lora / reference / fp32 failed: MemoryError: out of RAM" in captured.err
+
