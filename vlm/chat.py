@@ -28,7 +28,8 @@ from typing import Any, TextIO
 import torch
 from PIL import Image
 from torch import nn
-from transformers import TextStreamer
+from transformers import StoppingCriteriaList, TextStreamer
+from transformers.generation.streamers import BaseStreamer
 
 from vision import load_image
 from vlm.atomic import atomic_write_json
@@ -170,6 +171,8 @@ def generate(
     stream: TextIO | None = None,
     share_prefix: bool = True,
     conversation: ConversationCache | None = None,
+    streamer: BaseStreamer | None = None,
+    stopping_criteria: StoppingCriteriaList | None = None,
 ) -> list[str]:
     """Replies to chat-formatted ``prompts`` (one list of images each), generated as one left-padded batch.
 
@@ -179,9 +182,14 @@ def generate(
     text, image tokens, ...) once through the KV cache (``vlm.shared_prefix``); off, every
     prompt runs whole, as a plain ``generate``. ``conversation`` (one prompt) continues from the
     tokens it holds instead, and keeps this turn's for the next.
+    ``streamer`` and ``stopping_criteria`` go to ``model.generate`` as they are (the server's
+    per-row streaming and cancelling of a batch, which need the batch's rows in one plain
+    ``generate``: prefix sharing is off then); ``streamer`` and ``stream`` exclude each other.
     """
     if stream is not None and len(prompts) != 1:
         raise ValueError(f"streaming works on one prompt at a time, got {len(prompts)}")
+    if stream is not None and streamer is not None:
+        raise ValueError("give stream or streamer, not both")
     sampling = generation_kwargs(temperature, top_p)
     inputs = processor(text=list(prompts), images=[list(group) for group in images])
     limit = context_length(model)
@@ -192,14 +200,15 @@ def generate(
         max_new_tokens = min(max_new_tokens, limit - prompt_tokens)
     if seed is not None:
         torch.manual_seed(seed)
+    per_row = streamer is not None or stopping_criteria is not None
     options = {
         "max_new_tokens": max_new_tokens,
-        "streamer": _Streamer(processor.tokenizer, stream) if stream is not None else None,
+        "streamer": _Streamer(processor.tokenizer, stream) if stream is not None else streamer,
         **sampling,
     }
-    if conversation is not None:
+    if conversation is not None and not per_row:
         new_tokens = conversation.generate(model, processor, inputs, **options)
-    elif share_prefix:
+    elif share_prefix and not per_row:
         new_tokens = generate_sharing_prefixes(model, processor, inputs, **options)
     else:
         inputs = inputs.to(model.device)
@@ -208,6 +217,7 @@ def generate(
         output = model.generate(
             **inputs,
             pad_token_id=processor.tokenizer.pad_token_id,  # the processor always sets one; silences generate's warning
+            stopping_criteria=stopping_criteria,
             **options,
         )
         new_tokens = output[:, prompt_tokens:]
