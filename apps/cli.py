@@ -1,4 +1,4 @@
-"""The ``vlm`` command line: ``vlm build``, ``vlm train``, ``vlm merge``, ``vlm chat``, ``vlm export``, ``vlm data shapes``.
+"""The ``vlm`` command line: ``vlm build``, ``vlm train``, ``vlm merge``, ``vlm export``, ``vlm chat``, ``vlm serve``, ``vlm data shapes``.
 
 Each subcommand parses its arguments here and calls the library; heavy imports happen
 inside the command so ``vlm --help`` stays fast.
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_merge(commands)
     _add_export(commands)
     _add_chat(commands)
+    _add_serve(commands)
     _add_predict(commands)
     _add_data(commands)
     _add_eval(commands)
@@ -258,6 +259,24 @@ def _run_chat(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():
         print(file=sys.stderr)  # leave the shell's prompt on a line of its own after Ctrl-D
     return 0
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    from apps.serve import command
+
+    p = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP API and a web chat page for a VLM (dynamic batching, streaming)",
+        description=command.__doc__,
+        epilog="""examples:
+  vlm serve --model runs/merged                       # http://127.0.0.1:8000/ in a browser
+  vlm serve --model runs/sft --port 8080 --api-key secret --max-batch-size 16
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+      -d '{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32}'""",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_arguments(p)
+    p.set_defaults(run=command.run)
 
 
 def _add_predict(commands: argparse._SubParsersAction) -> None:
