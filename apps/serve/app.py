@@ -10,6 +10,7 @@ OpenAI error object with a 4xx (``errors``); the client leaving cancels its gene
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,10 +24,11 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from torch import nn
 
-from apps.serve.conversation import build_prompt, count_images
-from apps.serve.engine import BatchingEngine, Delta, EngineClosed, Event, Failed, Finished, Job, QueueFull
+from apps.serve.conversation import Prompt, build_prompt, count_images
+from apps.serve.engine import BatchingEngine, EngineClosed, QueueFull
 from apps.serve.errors import APIError, install_error_handlers, validation_error
 from apps.serve.images import decode_image_url
+from apps.serve.jobs import Delta, Event, Failed, Finished, Job
 from apps.serve.middleware import APIKeyCheck, BodySizeLimit
 from apps.serve.schema import (
     AssistantMessage,
@@ -55,6 +57,10 @@ def create_app(model: nn.Module, processor: VLMProcessor, settings: ServeSetting
                             batch_wait_s=settings.batch_wait_s, request_timeout_s=settings.request_timeout_s)
     created = now()
     limit = context_length(model)
+    # Requests build and count their prompts in worker threads while the engine's generate call
+    # pads a batch: a fast tokenizer must not change its padding state under another thread, so
+    # the request side has its own copy (always unpadded).
+    request_processor = copy.deepcopy(processor)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,14 +108,7 @@ def create_app(model: nn.Module, processor: VLMProcessor, settings: ServeSetting
         if images > settings.max_images:
             raise APIError(400, f"the conversation has {images} images; this server takes at most {settings.max_images} "
                            "per request (--max-images)", param="messages", code="too_many_images")
-        prompt = await run_in_threadpool(
-            build_prompt, processor, body.messages, lambda url, where: decode_image_url(url, settings.images, where)
-        )
-        prompt_tokens = prompt_length(processor, prompt.text)
-        try:
-            check_prompt_length(prompt_tokens, limit)
-        except ContextLengthError as err:
-            raise APIError(400, str(err), param="messages", code="context_length_exceeded") from None
+        prompt, prompt_tokens = await run_in_threadpool(_prepare, request_processor, body, settings, limit)
 
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = Job(
@@ -138,6 +137,18 @@ def create_app(model: nn.Module, processor: VLMProcessor, settings: ServeSetting
         return await _collect(reply, first, events, job, request, settings)
 
     return app
+
+
+def _prepare(processor: VLMProcessor, body: ChatCompletionRequest, settings: ServeSettings,
+             limit: int | None) -> tuple[Prompt, int]:
+    """Decode the images, build the prompt and count its tokens (``APIError`` if it does not fit the context)."""
+    prompt = build_prompt(processor, body.messages, lambda url, where: decode_image_url(url, settings.images, where))
+    prompt_tokens = prompt_length(processor, prompt.text)
+    try:
+        check_prompt_length(prompt_tokens, limit)
+    except ContextLengthError as err:
+        raise APIError(400, str(err), param="messages", code="context_length_exceeded") from None
+    return prompt, prompt_tokens
 
 
 def _check_model(name: str, settings: ServeSettings) -> None:

@@ -186,6 +186,7 @@ async function send(event) {
   meta.textContent = usage ? `${usage.prompt_tokens} prompt + ${usage.completion_tokens} reply tokens` : "";
   if (finish === "length") meta.textContent += " (cut at max tokens)";
   answer.append(meta);
+  answer.scrollIntoView({ block: "end" });
   answer.dataset.done = "true";
   setStatus("");
 }
