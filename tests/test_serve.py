@@ -516,7 +516,7 @@ def browser():
     options = webdriver.ChromeOptions()
     for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--window-size=1100,900", f"--user-data-dir={profile}"]:
+                 "--window-size=1100,1400", f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)  # a Service path: no Selenium Manager download
     yield driver
@@ -549,6 +549,7 @@ def test_the_web_page_streams_answers_in_a_conversation_with_images(browser, ser
     find("api-key").send_keys(KEY)
     find("save-key").click()
     wait.until(EC.text_to_be_present_in_element((By.ID, "model-name"), NAME))
+    assert not find("key-box").is_displayed()
     browser.execute_script("document.getElementById('max-tokens').value = arguments[0]", MAX_TOKENS)
     # Record every text the answer bubbles show, to see the reply arrive in pieces.
     browser.execute_script("""
