@@ -28,27 +28,27 @@ DEFAULT_PORT = 8000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True,
+    p.add_argument("--model", metavar="DIR", type=Path, required=True,
                    help="model folder, LoRA output/checkpoint, or training run folder (what `vlm chat --model` takes)")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", metavar="HOST", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it: use --api-key)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 picks a free one)")
-    p.add_argument("--api-key", default=os.environ.get("VLM_API_KEY"),
+    p.add_argument("--port", metavar="PORT", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 picks a free one)")
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("VLM_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on every /v1 request (default: $VLM_API_KEY, else none)")
-    p.add_argument("--served-model-name", help="the model's name in the API (default: the --model folder's name)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="most requests in one generate call (default: 8)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+    p.add_argument("--served-model-name", metavar="NAME", help="the model's name in the API (default: the --model folder's name)")
+    p.add_argument("--max-batch-size", metavar="N", type=int, default=8, help="most requests in one generate call (default: 8)")
+    p.add_argument("--batch-wait-ms", metavar="MS", type=float, default=5.0,
                    help="how long a request waits for others to batch with when the model is idle (default: 5)")
-    p.add_argument("--max-queue", type=int, default=64, help="most requests waiting for the model; more get 429 (default: 64)")
-    p.add_argument("--request-timeout", type=float, default=300.0,
+    p.add_argument("--max-queue", metavar="N", type=int, default=64, help="most requests waiting for the model; more get 429 (default: 64)")
+    p.add_argument("--request-timeout", metavar="SECONDS", type=float, default=300.0,
                    help="seconds from a request's arrival to the end of its reply, waiting included; then 504 (default: 300)")
-    p.add_argument("--max-tokens", type=int, default=512,
+    p.add_argument("--max-tokens", metavar="N", type=int, default=512,
                    help="most tokens in one reply, and the default when a request gives none (default: 512)")
-    p.add_argument("--max-images", type=int, default=8, help="most images in one request (default: 8)")
-    p.add_argument("--max-image-pixels", type=int, default=16_777_216,
+    p.add_argument("--max-images", metavar="N", type=int, default=8, help="most images in one request (default: 8)")
+    p.add_argument("--max-image-pixels", metavar="N", type=int, default=16_777_216,
                    help="most pixels (width x height) of one image, checked before decoding (default: 16777216 = 4096^2)")
-    p.add_argument("--max-image-bytes", type=int, default=10 * 1024 * 1024, help="largest encoded image (default: 10 MiB)")
-    p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default: 32)")
+    p.add_argument("--max-image-bytes", metavar="BYTES", type=int, default=10 * 1024 * 1024, help="largest encoded image (default: 10 MiB)")
+    p.add_argument("--max-body-mb", metavar="MB", type=float, default=32.0, help="largest request body in MiB (default: 32)")
     p.add_argument("--allow-remote-images", action="store_true",
                    help="fetch http(s) image URLs (default: refused; only data: URLs are read)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
