@@ -309,9 +309,9 @@ def count_generate(monkeypatch):
     calls: list[list[str]] = []
     real = runner.generate_answers
 
-    def counting(model, processor, prompts, images, max_new_tokens):
+    def counting(model, processor, prompts, images, max_new_tokens, *rest):
         calls.append(list(prompts))
-        return real(model, processor, prompts, images, max_new_tokens)
+        return real(model, processor, prompts, images, max_new_tokens, *rest)
 
     monkeypatch.setattr(runner, "generate_answers", counting)
     return calls
@@ -375,9 +375,9 @@ def record_generate(monkeypatch):
     calls: list[tuple[list[str], list[list]]] = []
     real = runner.generate_answers
 
-    def recording(model, processor, prompts, images, max_new_tokens):
+    def recording(model, processor, prompts, images, max_new_tokens, *rest):
         calls.append((list(prompts), [list(row) for row in images]))
-        return real(model, processor, prompts, images, max_new_tokens)
+        return real(model, processor, prompts, images, max_new_tokens, *rest)
 
     monkeypatch.setattr(runner, "generate_answers", recording)
     return calls
