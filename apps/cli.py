@@ -456,6 +456,11 @@ def _run_eval(args: argparse.Namespace) -> int:
             images=args.images, share_prefix=args.share_prefix,
         )
     print((result.output_dir / REPORT_FILE).read_text(), end="")
+    skipped = result.summary.get("skipped") or []
+    if skipped:
+        count = result.summary["num_skipped"]
+        print(f"vlm eval: skipped {count} record{'s' if count != 1 else ''} that cannot be asked, e.g. {skipped[0]} "
+              f"(all listed in {result.output_dir / 'metrics.json'})", file=sys.stderr)
     print(f"wrote {result.output_dir} ({result.num_generated} answers generated now)", file=sys.stderr)
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from eval import loaders
-from eval.loaders import Question
+from eval.loaders import Question, Questions
 from eval.metrics import (
     GQARecord,
     MMBenchRecord,
@@ -261,27 +261,54 @@ class Benchmark:
 
     def load_questions(
         self, data: str | os.PathLike, image_root: str | os.PathLike | None = None, need_images: bool = True
-    ) -> list[Question]:
+    ) -> Questions:
         """Run the loader, with the publishing URL added to any missing-file error. ``need_images=False``
-        (scoring) reads the annotations alone."""
+        (scoring) reads the annotations alone.
+
+        A question that cannot be asked is skipped and counted in the result's ``skipped``: text
+        that is not text, that holds an ``<image>`` mark (the prompt places the images), or that is
+        longer than ``MAX_QUESTION_CHARS``."""
         if image_root is not None and not self.uses_image_root:
             raise ValueError(f"{self.name} keeps its images in its released files; drop --image-root")
         extra = {"need_images": need_images} if self.loader_checks_images else {}
         try:
-            questions = self.load(Path(data), None if image_root is None else Path(image_root), **extra)
+            loaded = self.load(Path(data), None if image_root is None else Path(image_root), **extra)
         except FileNotFoundError as err:
             if "published at" in str(err) or self.url in str(err):
                 raise
             message = str(err).rstrip()
             separator = " " if message.endswith(".") else ". "
             raise FileNotFoundError(f"{message}{separator}The {self.name} data is published at {self.url}") from err
+        questions = Questions(skipped=getattr(loaded, "skipped", ()))
+        for question in loaded:
+            problem = question_problem(question)
+            if problem is None:
+                questions.append(question)
+            else:
+                questions.skipped.append(f"{Path(data).name} question {question.id}: {problem}")
         if not questions:
-            raise ValueError(f"{self.name}: {data} holds no questions")
+            reason = f"; all {len(questions.skipped)} were skipped, e.g. {questions.skipped[0]}" if questions.skipped else ""
+            raise ValueError(f"{self.name}: {data} holds no questions{reason}")
         counts = Counter(q.id for q in questions)
         if len(counts) != len(questions):
             duplicates = sorted(i for i, n in counts.items() if n > 1)[:5]
             raise ValueError(f"{self.name}: {data} repeats question ids, e.g. {duplicates}")
         return questions
+
+
+MAX_QUESTION_CHARS = 4000
+"""Longer question texts are skipped: no benchmark here asks one, and a prompt that long is a broken record."""
+
+
+def question_problem(question: Question) -> str | None:
+    """Why ``question`` cannot be asked, or None."""
+    if not isinstance(question.text, str):
+        return f"the question is {'null' if question.text is None else 'a ' + type(question.text).__name__}, not text"
+    if IMAGE_TOKEN in question.text:
+        return f"the question text holds {IMAGE_TOKEN}; the prompt places the images itself, so leave the mark out"
+    if len(question.text) > MAX_QUESTION_CHARS:
+        return f"the question is {len(question.text)} characters long (at most {MAX_QUESTION_CHARS})"
+    return None
 
 
 _VQA_DATA = f"{loaders.VQAV2_URL} (images: COCO val2014, {loaders.COCO_VAL2014_IMAGES_URL})"

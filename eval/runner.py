@@ -35,7 +35,7 @@ from eval.metrics.mme import mme_score, read_mme_results_dir
 from eval.result_files import match_answers, read_result_file
 from vision import ImageLoadError, load_image, to_rgb
 from vlm.atomic import atomic_write_json, atomic_write_text, explained_write_errors, output_lock
-from vlm.chat import generate, load_for_chat
+from vlm.chat import context_length, generate, load_for_chat, prompt_length
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -217,6 +217,8 @@ def render_report(summary: dict[str, Any]) -> str:
     counts = f"{summary['num_answered']} answered of {summary['num_questions']}"
     if summary.get("limit") is not None:
         counts += f" (--limit {summary['limit']}; {summary['num_total']} in the benchmark)"
+    if summary.get("num_skipped"):
+        counts += f"; {summary['num_skipped']} records skipped (listed in metrics.json)"
     details = [
         ("benchmark", summary["benchmark"]),
         ("model", summary.get("model") or "-"),
@@ -346,8 +348,13 @@ def run_eval(
         answers = {question_id: record["answer"] for question_id, record in done.items()}
         todo = [question for question in questions if question.id not in answers]
 
+        skipped = list(all_questions.skipped)
         if todo:
             vlm_model, processor = model if in_memory else load_for_chat(model, device=device, dtype=dtype)
+            too_long = _too_long(todo, prompts, vlm_model, processor)
+            skipped += [f"question {question_id}: {why}" for question_id, why in too_long.items()]
+            todo = [question for question in todo if question.id not in too_long]
+            questions = [question for question in questions if question.id not in too_long]
             bar = tqdm(
                 total=len(questions), initial=len(questions) - len(todo), desc=bench.name, unit="q",
                 file=sys.stderr, disable=not progress,
@@ -377,10 +384,31 @@ def run_eval(
             "num_questions": len(questions),
             "num_answered": len(answered),
             "num_total": len(all_questions),
+            "num_skipped": len(skipped),
+            "skipped": skipped[:MAX_SKIPPED_LISTED],
             "metrics": metrics,
         }
         _write_outputs(output_dir, summary)
         return EvalResult(output_dir, summary, num_generated=len(todo))
+
+
+MAX_SKIPPED_LISTED = 100
+"""metrics.json lists the first this many skipped records (``num_skipped`` counts them all)."""
+
+
+def _too_long(questions: Sequence[Question], prompts: dict[str, str], model: Any, processor: Any) -> dict[str, str]:
+    """Id -> why, for the questions whose chat prompt (each image as its placeholder tokens) leaves the model no room to answer."""
+    limit = context_length(model)
+    if limit is None:
+        return {}
+    result = {}
+    for question in questions:
+        content = prompts[question.id].replace(IMAGE_TOKEN, processor.image_token)
+        text = processor.apply_chat_template([{"role": "user", "content": content}])
+        tokens = prompt_length(processor, text)
+        if tokens >= limit:
+            result[question.id] = f"the prompt is {tokens} tokens, the model's context {limit}"
+    return result
 
 
 def _ablate_prompt(prompt: str, images: str) -> str:
@@ -452,6 +480,8 @@ def score_predictions(
         "num_questions": len(questions),
         "num_answered": len(answered),
         "num_total": len(all_questions),
+        "num_skipped": len(all_questions.skipped),
+        "skipped": all_questions.skipped[:MAX_SKIPPED_LISTED],
         "metrics": metrics,
     }
     with explained_write_errors(output_dir / METRICS_FILE):

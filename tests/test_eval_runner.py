@@ -747,3 +747,39 @@ def test_every_unreadable_predictions_file_is_one_line_naming_it(content, messag
     assert vlm_main(["eval", "--score", str(path), "--benchmark", "vqav2", "--data", str(vqa), "--output", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"vlm eval: error: {path}") and message in err, err
+
+
+# ------------------------------------------------------------------- records that cannot be asked
+
+
+def test_bad_records_are_skipped_and_counted_not_asked_or_fatal(model_dir, tmp_path, capsys):
+    data = write_shapes(tmp_path / "shapes")
+    good = json.loads(data.read_text())
+    bad = [
+        "a string, not a record",
+        {**good[0], "id": "null-question", "question": None},
+        {**good[0], "id": None},
+        {**good[0], "id": "int-answer", "answer": 3},
+        {key: value for key, value in good[0].items() if key != "task"} | {"id": "no-task"},
+        {**good[0], "id": "marked", "question": "<image>\nWhat colour is it?"},
+        {**good[0], "id": "huge", "question": "why " * 2000},
+        {**good[0], "id": "too-long-for-the-context", "question": "a " * 1990},
+    ]
+    data.write_text(json.dumps(good + bad))
+    out = tmp_path / "out"
+    assert vlm_main(["eval", "--model", str(model_dir), "--benchmark", "shapes", "--data", str(data), "--output", str(out),
+                     "--max-new-tokens", "2"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["num_answered"] == len(good) and summary["num_skipped"] == len(bad)
+    reasons = "\n".join(summary["skipped"])
+    n = len(good)
+    for expected in (f"eval.json record {n}: a str, not an object", f"record {n + 1}: 'question' is null",
+                     f"record {n + 2}: 'id' is null", f"record {n + 3}: 'answer' is an int (3)",
+                     f"record {n + 4}: record lacks the fields ['task']", "question marked: the question text holds <image>", "question huge: the question is 8000 characters",
+                     "question too-long-for-the-context: the prompt is"):
+        assert expected in reasons, reasons
+    asked = {json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()}
+    assert asked == {record["id"] for record in good}
+    err = capsys.readouterr().err
+    assert f"skipped {len(bad)} records that cannot be asked" in err and "Traceback" not in err
+    assert f"{len(bad)} records skipped" in (out / "report.md").read_text()

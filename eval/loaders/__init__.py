@@ -30,6 +30,7 @@ from eval.loaders.common import (
     EmbeddedImage,
     ImageSource,
     Question,
+    Questions,
 )
 from eval.loaders.gqa import load_gqa
 from eval.loaders.mmbench import load_mmbench
@@ -58,6 +59,7 @@ __all__ = [
     "EmbeddedImage",
     "ImageSource",
     "Question",
+    "Questions",
     "load_coco_captions",
     "load_gqa",
     "load_mmbench",

@@ -67,6 +67,38 @@ class Question:
         return self.id if self.group is None else self.group
 
 
+class Questions(list):
+    """A loader's questions (a plain list of ``Question``) and the records it skipped.
+
+    ``skipped`` holds one line per record left out ("eval.json record 4: 'question' is null"):
+    a bad record is skipped and counted, not a reason to abort an evaluation of thousands."""
+
+    def __init__(self, questions: Sequence[Question] = (), skipped: Sequence[str] = ()) -> None:
+        super().__init__(questions)
+        self.skipped: list[str] = list(skipped)
+
+
+class BadRecord(ValueError):
+    """One record that cannot be asked; the loader skips it with this message."""
+
+
+def text_field(record: Mapping[str, Any], name: str, where: str, allow_int: bool = False) -> str:
+    """``record[name]`` as text; ``BadRecord`` if it is null, empty or not a string (an int where ``allow_int``)."""
+    value = record[name]
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        kind = "null" if value is None else f"{article(type(value).__name__)} ({json.dumps(value)[:60]})"
+        raise BadRecord(f"{where}: {name!r} is {kind}; it must be {'text or a number' if allow_int else 'text'}")
+    if not value.strip():
+        raise BadRecord(f"{where}: {name!r} is empty")
+    return value
+
+
+def article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
 def missing_file(what: str, path: Path, url: str, hint: str = "") -> FileNotFoundError:
     hint = f" {hint}" if hint else ""
     return FileNotFoundError(f"{what}: {path} does not exist.{hint} The data is published at {url}")
