@@ -219,3 +219,25 @@ def test_the_loop_ends_at_eof_and_keeps_the_turn_on_a_failed_save(loaded, files,
     with pytest.raises(ContextLengthError):
         session.ask(TOO_LONG)
     assert len(session.turns) == 1, "a failed turn leaves the conversation as it was"
+
+
+def test_undecodable_input_keeps_the_conversation(loaded):
+    """Latin-1 bytes on stdin (read with surrogateescape) are refused in one line; the turns so far stay."""
+    model, processor = loaded
+    session = ChatSession(model, processor, max_new_tokens=MAX_NEW_TOKENS)
+    latin1 = "caf\xe9 au lait?".encode("latin-1").decode("utf-8", errors="surrogateescape")
+    lines = iter(["hello", latin1, "and now?"])
+
+    def read_line() -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    out, err = io.StringIO(), io.StringIO()
+    chat_loop(session, read_line, out, err)
+    assert err.getvalue().splitlines() == [
+        "error: the prompt is not valid UTF-8 text: character 3 is U+DCE9, an undecodable byte or a lone surrogate; "
+        "fix the encoding (UTF-8) and send it again"]
+    assert [turn.content for turn in session.turns] == ["hello", "and now?"]
+    assert out.getvalue() == "".join(turn.answer + "\n" for turn in session.turns)

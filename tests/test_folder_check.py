@@ -90,3 +90,35 @@ def test_the_command_line_says_it_in_one_line(copy, capsys):
     assert code != 0
     assert len(err) == 1 and "tokenizer.json" in err[0] and "Traceback" not in err[0]
     assert not (copy.parent / "out.jsonl").exists()
+
+
+def _rewrite_weights(folder, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    change(weights)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_weights_of_another_shape_are_named_in_one_line(copy, capsys):
+    import torch
+
+    key = next(k for k in sorted(load_model(copy)[0].state_dict()) if k.startswith("projector.") and k.endswith("weight"))
+    _rewrite_weights(copy, lambda w: w.__setitem__(key, torch.zeros(w[key].shape[0] + 3, *w[key].shape[1:])))
+    with pytest.raises(ModelFolderError, match=rf"1 weight in model\.safetensors has another shape .* e\.g\. {key}: \d+x\d+ in the "
+                                               r"file, \d+x\d+ by the config"):
+        load_model(copy)
+    questions = copy.parent / "q.jsonl"
+    questions.write_text(json.dumps({"id": 1, "question": "Hello?"}) + "\n")
+    capsys.readouterr()
+    assert vlm_main(["predict", "--model", str(copy), "--input", str(questions), "--output", str(copy.parent / "out.jsonl")]) != 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("Loading weights")]  # the loader's own bar
+    assert len(lines) == 1 and key in lines[0] and "LOAD REPORT" not in err and "Traceback" not in err, err
+
+
+def test_missing_weights_are_refused_not_initialised_at_random(copy):
+    key = next(k for k in sorted(load_model(copy)[0].state_dict()) if k.startswith("projector."))
+    _rewrite_weights(copy, lambda w: w.pop(key))
+    with pytest.raises(ModelFolderError, match=rf"model\.safetensors lacks 1 weights that config\.json asks for, e\.g\. {key}"):
+        load_model(copy)

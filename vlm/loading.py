@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers.utils import logging as transformers_logging
 
-from vlm.folder_check import check_adapter_folder, check_model_folder, check_processor_files
+from vlm.folder_check import ModelFolderError, check_adapter_folder, check_model_folder, check_processor_files
 from vlm.modeling import VLMForCausalLM
 from vlm.processing import VLMProcessor
 from vlm.quantization import load_quantized, read_quantization
@@ -72,7 +73,7 @@ def _load_model(path: str | os.PathLike, dtype: torch.dtype, device: str | torch
         check_model_folder(base_path)
         quantization = read_quantization(folder)
         if quantization is None:
-            base = VLMForCausalLM.from_pretrained(base_path, dtype=dtype)
+            base = load_weights_checked(base_path, dtype)
         else:  # QLoRA: the base as the adapter was trained on it, quantized while it loads
             base = load_quantized(base_path, quantization, dtype=dtype, device=device)
         model = PeftModel.from_pretrained(base, folder)
@@ -87,9 +88,47 @@ def _load_model(path: str | os.PathLike, dtype: torch.dtype, device: str | torch
                 f"consolidate it first: vlm merge {folder} --out MERGED"
             )
         check_model_folder(folder)
-        model = VLMForCausalLM.from_pretrained(folder, dtype=dtype)
+        model = load_weights_checked(folder, dtype)
         processor_dir = folder
     return model.to(device).eval(), VLMProcessor.from_pretrained(processor_dir)
+
+
+def load_weights_checked(folder: Path, dtype: torch.dtype) -> VLMForCausalLM:
+    """``VLMForCausalLM.from_pretrained``, with weights of the wrong shape or missing ones refused in one line.
+
+    transformers would print its multi-line load report and then raise (a wrong shape) or go on
+    with freshly initialised weights (a missing one, a silent wrong); here the first offending
+    key is named with its shapes and nothing is loaded."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # the report is what this function replaces
+    try:
+        model, info = VLMForCausalLM.from_pretrained(folder, dtype=dtype, ignore_mismatched_sizes=True, output_loading_info=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    weights = "model.safetensors" if (folder / "model.safetensors").is_file() else "the safetensors shards"
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        key, found, expected = _mismatch(mismatched[0])
+        raise ModelFolderError(
+            f"{folder}: {len(mismatched)} weight{'s' if len(mismatched) != 1 else ''} in {weights} "
+            f"{'have' if len(mismatched) != 1 else 'has'} another shape than config.json asks for, e.g. {key}: "
+            f"{found} in the file, {expected} by the config; the weights and config.json come from different models"
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelFolderError(
+            f"{folder}: {weights} lack{'s' if weights == 'model.safetensors' else ''} {len(missing)} weights that config.json "
+            f"asks for, e.g. {missing[0]}; the folder is incomplete or from another model. Save or merge it again"
+        )
+    return model
+
+
+def _mismatch(entry: object) -> tuple[str, str, str]:
+    """(key, checkpoint shape, model shape) of a transformers ``mismatched_keys`` entry."""
+    if isinstance(entry, (tuple, list)) and len(entry) == 3:
+        key, found, expected = entry
+        return str(key), "x".join(map(str, found)), "x".join(map(str, expected))
+    return str(entry), "?", "?"
 
 
 def adapter_base(folder: str | os.PathLike) -> Path:
