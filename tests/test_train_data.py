@@ -289,6 +289,24 @@ def test_unreadable_json_names_the_line_in_jsonl_and_the_record_in_arrays(tmp_pa
     assert dataset[2].id == "c0"
 
 
+def test_a_latin1_file_is_named_as_not_utf8_with_the_fix(tmp_path, images):
+    record = _llava("c0", "a.png", ("human", "<image>\nQu'est-ce que c'est ?"), ("gpt", "un carr\u00e9 rouge, tr\u00e8s joli"))
+    latin1 = tmp_path / "sft.json"
+    latin1.write_bytes(json.dumps([record, record], ensure_ascii=False).encode("latin-1"))
+    with pytest.raises(DataFormatError, match=r"sft\.json: none of its first 2 records can be read; record 0: not UTF-8 text "
+                                              r"\(bytes \d+-\d+ of the file\): byte 0xe9 at \d+ of the record cannot be decoded.*"
+                                              r"iconv -f latin1 -t utf-8 sft\.json > NEW"):
+        ConversationDataset(latin1, images)
+    # one Latin-1 record among good ones: that record is named, the others read
+    mixed = tmp_path / "mixed.jsonl"
+    good = json.dumps(_caption()).encode()
+    mixed.write_bytes(good + b"\n" + json.dumps(record, ensure_ascii=False).encode("latin-1") + b"\n" + good + b"\n")
+    dataset = ConversationDataset(mixed, images)
+    with pytest.raises(BadSampleError, match=r"mixed\.jsonl record 1 \(line 2\): not UTF-8 text: byte 0xe9"):
+        dataset[1]
+    assert dataset[2].id == "c0"
+
+
 def test_bad_minimind_records(tmp_path, images):
     records = [
         {

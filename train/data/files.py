@@ -90,10 +90,12 @@ def _detect_family(data_file: DataFile) -> str:
     """``llava`` (turns with "from"/"value") or ``minimind`` ("role"/"content"), from the first readable records."""
     if isinstance(data_file.records, ParquetRecords):
         return "minimind"
+    unreadable: list[tuple[int, InvalidRecord]] = []
     for index in range(min(len(data_file.records), _DETECT_RECORDS)):
         try:
             record = data_file.records.read(index)
-        except InvalidRecord:
+        except InvalidRecord as err:
+            unreadable.append((index, err))
             continue
         turns = record.get("conversations") if isinstance(record, dict) else None
         if isinstance(turns, list) and turns and isinstance(turns[0], dict):
@@ -103,6 +105,9 @@ def _detect_family(data_file: DataFile) -> str:
                 return "minimind"
     if not len(data_file.records):
         return "llava"  # nothing to read; the family does not matter
+    if len(unreadable) == min(len(data_file.records), _DETECT_RECORDS):
+        index, err = unreadable[0]
+        raise DataFormatError(f"{data_file.source}: none of its first {len(unreadable)} records can be read; record {index}: {err}")
     raise DataFormatError(
         f"{data_file.source}: cannot tell LLaVA ('from'/'value' turns) from MiniMind-V ('role'/'content' turns) in its "
         f"first {min(len(data_file.records), _DETECT_RECORDS)} records; pass format= one of {FORMATS[1:]}"

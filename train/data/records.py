@@ -65,6 +65,12 @@ class JsonRecords:
                 if self.container == "jsonl"
                 else f" (bytes {self.ranges[index, 0]}-{self.ranges[index, 1]} of the file)"
             )
+            if isinstance(err, UnicodeDecodeError):
+                raise InvalidRecord(
+                    f"not UTF-8 text{where}: byte 0x{err.object[err.start]:02x} at {err.start} of the record "
+                    f"cannot be decoded; training files must be UTF-8 (a Latin-1 file converts with "
+                    f"`iconv -f latin1 -t utf-8 {self.path.name} > NEW`)"
+                ) from None
             raise InvalidRecord(f"not valid JSON{where}: {err}") from None
 
 
