@@ -119,6 +119,32 @@ def test_one_shot_prints_only_the_answer(loaded, files):
     assert out == expected + "\n"
 
 
+PEAK_RSS = """\
+import resource, runpy, sys
+sys.argv = ["vlm", *sys.argv[1:]]
+try:
+    runpy.run_module("apps", run_name="__main__")
+except SystemExit as stop:
+    code = stop.code
+print(f"exit={code} peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("case", ["strip", "bomb"])
+def test_a_decompression_bomb_is_refused_within_1_gb(files, case):
+    """The issue's probe: a 196-byte 40000x1 PNG took 9.3 GB in chat before the limit applied to every resize.
+
+    The whole `vlm chat` process (Python, torch, the tiny model) is measured by its own peak RSS."""
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, "chat", "--model", str(files["model"]), "--image", str(files[case]), "--prompt", "hi"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp"},
+    )
+    last = result.stderr.strip().splitlines()
+    assert BAD_IMAGES[case] in last[-2] and "Traceback" not in result.stderr, result.stderr
+    code, peak_kb = (int(part.split("=")[1]) for part in last[-1].split())
+    assert code == 2 and peak_kb < 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MiB"
+
+
 @pytest.mark.parametrize("case", [*BAD_IMAGES, "too_long"])
 def test_one_shot_bad_input_exits_2_with_one_line(files, case, capsys):
     """In-process through the CLI's ``main`` (a subprocess per case would cost seconds each)."""
