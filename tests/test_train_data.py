@@ -538,3 +538,31 @@ def test_sample_is_frozen_and_numpy_indices_work(tmp_path, images):
     assert sample.id == "b"
     with pytest.raises(AttributeError):
         sample.id = "y"
+
+
+def test_a_truncated_jpeg_is_found_before_training_and_checked_files_are_remembered(tmp_path, images, monkeypatch):
+    """The header of a JPEG cut in half reads fine; the check reads its data through, and each good file only once."""
+    import train.data.image_check as image_check
+
+    monkeypatch.setenv("VLM_CACHE", str(tmp_path / "cache"))
+    photo = io.BytesIO()
+    Image.effect_noise((64, 48), 60).convert("RGB").save(photo, format="JPEG")
+    (images / "cut.jpg").write_bytes(photo.getvalue()[: len(photo.getvalue()) // 2])
+    with Image.open(images / "cut.jpg") as opened:
+        assert opened.size == (64, 48)  # what the header-only check saw
+    data = _write_jsonl(tmp_path / "d.jsonl", [_caption("a", "a.png"), _caption("cut", "cut.jpg"), _caption("b", "b.png")])
+    with pytest.raises(BadSampleError, match=r"d\.jsonl record 1 \(id 'cut'\): image 0: .*cut\.jpg: not a readable image "
+                                             r"\(image file is truncated"):
+        validate(ConversationDataset(data, images), skip_bad=False)
+    report = validate(ConversationDataset(data, images), skip_bad=True)
+    assert report.valid_indices.tolist() == [0, 2] and report.num_bad == 1 and "cut.jpg" in report.first_reasons[0]
+
+    calls = []
+    real = image_check.check_image
+    monkeypatch.setattr(image_check, "check_image", lambda image, limit: (calls.append(Path(image).name), real(image, limit)))
+    validate(ConversationDataset(data, images), skip_bad=True)
+    assert calls == ["cut.jpg"]  # a.png and b.png passed before: remembered; the bad file is checked again
+    _png(images / "a.png", (9, 9, 9), size=(7, 7))  # an edited file is checked anew
+    calls.clear()
+    validate(ConversationDataset(data, images), skip_bad=True)
+    assert calls == ["a.png", "cut.jpg"]

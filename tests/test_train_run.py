@@ -239,3 +239,32 @@ def test_group_by_length_uses_the_measured_lengths(tmp_path, shapes, llama_dir, 
     plain = VLMTrainer(model=model, args=training_arguments(config(tmp_path, shapes, llm=str(llama_dir))), train_dataset=dataset,
                        data_collator=VLMCollator(processor.tokenizer.pad_token_id))
     assert not isinstance(plain._get_train_sampler(), LengthGroupedSampler)
+
+
+def test_an_image_that_breaks_after_the_check_is_replaced_and_counted_with_skip_bad_samples(tmp_path, shapes, stage1, monkeypatch):
+    """skip_bad_samples covers images that fail during training too (damaged after the check): the next sample
+    stands in, the count lands in the report; without the option the failure names the record."""
+    import shutil
+
+    from train.data import BadSampleError
+    from train.dataset import prepare_dataset
+    from vlm.processing import VLMProcessor
+
+    monkeypatch.setenv("VLM_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    shutil.copytree(shapes / "images", root / "images")
+    records = json.loads((shapes / "instruct.json").read_text())[:4]
+    (tmp_path / "d.json").write_text(json.dumps(records))
+    processor = VLMProcessor.from_pretrained(stage1)
+    lenient, report = prepare_dataset([str(tmp_path / "d.json")], str(root), processor, 512, skip_bad=True, progress=False)
+    strict, _ = prepare_dataset([str(tmp_path / "d.json")], str(root), processor, 512, skip_bad=False, progress=False)
+    broken = root / records[1]["image"]
+    broken.write_bytes(broken.read_bytes()[:200])
+
+    assert torch.equal(lenient[1]["input_ids"], strict[2]["input_ids"])  # sample 2 stood in for the broken 1
+    assert torch.equal(lenient[0]["input_ids"], strict[0]["input_ids"])
+    lenient[1]  # a known-bad sample is not retried or counted twice
+    assert report.in_training == 1 and "1 more sample failed to load during training" in report.summary()
+    assert broken.name in report.summary()
+    with pytest.raises(BadSampleError, match=rf"d\.json record 1 .*{broken.name}"):
+        strict[1]

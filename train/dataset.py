@@ -7,6 +7,7 @@ or, with ``skip_bad_samples``, is left out and counted in the report printed at 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,19 +28,32 @@ class DataReport:
     skipped: int = 0
     reasons: list[str] = field(default_factory=list)
 
+    in_training: int = 0
+    """Samples that passed the check but failed to load during training (``skip_bad_samples``:
+    each was replaced by the next good one and counted here, by the main process's loader)."""
+
     def summary(self) -> str:
-        if not self.skipped:
+        later = ""
+        if self.in_training:
+            later = (f"; {self.in_training} more {'sample' if self.in_training == 1 else 'samples'} failed to load "
+                     "during training and another stood in")
+        if not self.skipped and not self.in_training:
             return f"read {self.total} samples, none skipped"
         shown = "\n  ".join(self.reasons[:5])
-        return f"skipped {self.skipped} of {self.total} samples (bad data); first reasons:\n  {shown}"
+        return f"skipped {self.skipped} of {self.total} samples (bad data){later}; first reasons:\n  {shown}"
 
 
 class SupervisedDataset(Dataset):
     """Map-style dataset of ``{input_ids, labels, pixel_values, num_images}`` examples."""
 
     def __init__(self, conversations: ConversationDataset, indices: list[int], processor: VLMProcessor, max_length: int,
-                 lengths: list[int] | None = None):
+                 lengths: list[int] | None = None, report: DataReport | None = None):
         self.conversations = conversations
+        self.report = report
+        """With a report (``skip_bad_samples``), a sample that fails to load during training (an image
+        changed or damaged after the check) is replaced by the next good one and counted there; without
+        one, the failure stops the run, naming the record."""
+        self.failed: set[int] = set()
         self.indices = list(indices)
         self.lengths = lengths
         """Token count of each sample (image tokens included), known from the tokenization check."""
@@ -66,6 +80,23 @@ class SupervisedDataset(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.report is None:
+            return self.example(i)
+        for j in [k % len(self) for k in range(i, i + len(self))]:
+            if j in self.failed:
+                continue
+            try:
+                return self.example(j)
+            except BadSampleError as err:
+                self.failed.add(j)
+                self.report.in_training += 1
+                if len(self.report.reasons) < 5:
+                    self.report.reasons.append(f"{err} (during training)")
+                print(f"skip_bad_samples: {err}; training on the next sample instead", file=sys.stderr)
+        raise BadSampleError(f"every sample failed to load during training; first: {self.report.reasons[:1]}")
+
+    def example(self, i: int) -> dict[str, Any]:
+        """Sample ``i`` tokenized, with its preprocessed images (or cached features)."""
         sample = self.conversations[self.indices[i]]
         try:
             tokens = tokenize_conversation(self.processor, sample.messages, self.max_length)
@@ -109,7 +140,7 @@ def prepare_dataset(
         lengths.append(len(tokens.input_ids))
     if not good:
         raise ValueError(f"no usable training samples in {', '.join(paths)}: {report.summary()}")
-    return SupervisedDataset(conversations, good, processor, max_length, lengths), report
+    return SupervisedDataset(conversations, good, processor, max_length, lengths, report if skip_bad else None), report
 
 
 class VLMCollator:

@@ -1,34 +1,18 @@
-"""One pass over a dataset before training: every record and image header checked, bad ones raised or counted."""
+"""One pass over a dataset before training: every record and image checked, bad ones raised or counted."""
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from train.data.conversations import ConversationDataset, SubsetDataset
-from train.data.sample import BadSampleError, ImageRef, bad_sample
+from train.data.image_check import CheckedImages
+from train.data.sample import BadSampleError, bad_sample
 from vision.preprocess import DEFAULT_MAX_PIXELS, ImageLoadError
 from vlm.atomic import atomic_write_json
-
-
-def _check_image_header(image: ImageRef, max_pixels: int) -> None:
-    """Read only the header: catches non-images and oversized images without decoding pixels."""
-    name = f"{image}: " if isinstance(image, Path) else ""
-    try:
-        with Image.open(image if isinstance(image, Path) else io.BytesIO(image)) as opened:
-            width, height = opened.size
-    except Image.DecompressionBombError as err:
-        raise ImageLoadError(f"{name}{err}") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageLoadError(f"{name}not a readable image ({err})") from err
-    if width * height > max_pixels:
-        raise ImageLoadError(f"{name}{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}")
 
 
 @dataclass
@@ -79,27 +63,32 @@ def validate(
 ) -> ValidationReport:
     """Check every sample once; raise on the first bad one, or with ``skip_bad`` count and leave it out.
 
-    ``check_images`` also opens each image's header (not a full decode) to catch files that are
-    not images or exceed ``max_pixels``.
+    ``check_images`` also reads each image through (``train.data.image_check``: cheaply, and
+    only once per file across runs) to catch files that are not images, are truncated or exceed
+    ``max_pixels``, so that none of them stops a run at the step that first draws it.
     """
     valid, bad, reasons = [], [], []
-    for index in tqdm(range(len(dataset)), desc="checking data", unit="sample", disable=not progress):
-        try:
-            sample = dataset[index]
-            if check_images:
-                for k, image in enumerate(sample.images):
-                    try:
-                        _check_image_header(image, max_pixels)
-                    except ImageLoadError as err:
-                        raise bad_sample(sample.source, sample.index, f"image {k}: {err}", sample.id) from err
-        except BadSampleError as err:
-            if not skip_bad:
-                raise
-            bad.append(index)
-            if len(reasons) < num_reasons:
-                reasons.append(str(err))
-            continue
-        valid.append(index)
+    checked = CheckedImages()
+    try:
+        for index in tqdm(range(len(dataset)), desc="checking data", unit="sample", disable=not progress):
+            try:
+                sample = dataset[index]
+                if check_images:
+                    for k, image in enumerate(sample.images):
+                        try:
+                            checked.check(image, max_pixels)
+                        except ImageLoadError as err:
+                            raise bad_sample(sample.source, sample.index, f"image {k}: {err}", sample.id) from err
+            except BadSampleError as err:
+                if not skip_bad:
+                    raise
+                bad.append(index)
+                if len(reasons) < num_reasons:
+                    reasons.append(str(err))
+                continue
+            valid.append(index)
+    finally:
+        checked.save()  # what passed is remembered even when a bad record stops the run
     return ValidationReport(
         valid_indices=np.asarray(valid, dtype=np.int64),
         num_total=len(dataset),
