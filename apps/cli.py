@@ -220,6 +220,7 @@ final model, else its latest checkpoint).""",
 def _run_chat(args: argparse.Namespace) -> int:
     from vision import load_image
     from vlm.chat import ChatSession, answer_once, chat_loop, load_for_chat
+    from vlm.loading import load_processor
 
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     if hasattr(sys.stdin, "reconfigure"):  # bad UTF-8 reaches the prompt check (a clear error), not a decode crash
@@ -229,6 +230,10 @@ def _run_chat(args: argparse.Namespace) -> int:
         if not prompt:
             raise ValueError("empty prompt: pass --prompt TEXT or pipe the question on stdin")
         images = [load_image(path) for path in args.image]  # fail before the model loads
+        if images:  # and so does an image the preprocessing would blow up (40000x1: 2 Gpixels once resized)
+            checker = load_processor(args.model).image_processor
+            for image in images:
+                checker.check_image(image)
         model, processor = load_for_chat(args.model, device=args.device, dtype=args.dtype)
         answer_once(model, processor, prompt, images=images, system=args.system, stream=sys.stdout, **sampling)
         return 0

@@ -43,6 +43,7 @@ from eval.metrics import (
     vqa_score,
 )
 from eval.nlvr import build_nlvr_prompt
+from vlm.chat import check_text
 
 IMAGE_TOKEN = "<image>"
 """The image mark in benchmark prompts; the runner swaps in the processor's own if it differs."""
@@ -308,6 +309,10 @@ def question_problem(question: Question) -> str | None:
         return f"the question text holds {IMAGE_TOKEN}; the prompt places the images itself, so leave the mark out"
     if len(question.text) > MAX_QUESTION_CHARS:
         return f"the question is {len(question.text)} characters long (at most {MAX_QUESTION_CHARS})"
+    try:
+        check_text(question.text, "the question")
+    except ValueError as err:
+        return str(err)
     return None
 
 

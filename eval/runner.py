@@ -34,7 +34,7 @@ from eval.loaders import EmbeddedImage, ImageSource, Question
 from eval.metrics.mme import mme_score, read_mme_results_dir
 from eval.result_files import match_answers, read_result_file
 from vision import ImageLoadError, load_image, to_rgb
-from vlm.atomic import atomic_write_json, atomic_write_text, explained_write_errors, output_lock
+from vlm.atomic import atomic_write_json, atomic_write_text, check_output_path, explained_write_errors, output_lock
 from vlm.chat import context_length, generate, load_for_chat, prompt_length
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -318,6 +318,7 @@ def run_eval(
         suffix = "" if images == "given" else f"-{images}-images"
         output = Path(model) / "eval" / f"{bench.name}-{Path(data).stem}{suffix}"
     output_dir = Path(output)
+    check_output_path(output_dir, "folder")
     max_new_tokens = max_new_tokens or bench.max_new_tokens
 
     all_questions = bench.load_questions(data, image_root)

@@ -48,10 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vlm.atomic import OutputBusyError, OutputWriteError
+
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
+    except (FileExistsError, FileNotFoundError, ValueError, OutputWriteError, OutputBusyError) as err:
         if os.environ.get("RANK", "0") == "0":  # every process fails alike; say it once
             print(f"train: error: {err}", file=sys.stderr)
         return 2

@@ -162,6 +162,10 @@ class TrainConfig:
             problems.append("stage=sft needs init_from: the folder stage 1 (pretrain) wrote")
         if self.lora and self.stage != "sft":
             problems.append("lora=true needs stage=sft (stage 1 trains only the projector)")
+        if self.lora and (not isinstance(self.lora_r, int) or self.lora_r < 1):
+            problems.append(f"lora_r={self.lora_r!r}: the LoRA rank must be a positive integer (8-64 is usual)")
+        if self.lora and not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout={self.lora_dropout!r} must lie in [0, 1)")
         problems += _quantization_problems(self)
         if self.projector_init not in ("random", "calibrate"):
             problems.append(f"projector_init={self.projector_init!r} is not one of random, calibrate")
@@ -261,7 +265,18 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
             path = SHIPPED_DIR / f"{path}.yaml"
         if not path.is_file():
             raise FileNotFoundError(f"config {path} not found (shipped: {', '.join(p.stem for p in SHIPPED_DIR.glob('*.yaml'))})")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); save the config as UTF-8") from None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            raise ValueError(f"{path}: not valid YAML{at} ({getattr(err, 'problem', None) or err}); "
+                             "a training config is a mapping of field: value") from None
+        if values is None:
+            raise ValueError(f"{path}: empty; a training config is a mapping of field: value "
+                             "(start from a shipped one: train/configs/*.yaml)")
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a training config is a mapping of field: value")
     values.update(parse_overrides(overrides or []))

@@ -32,7 +32,13 @@ from train.plots import plot_metrics
 from train.resume import checkpoint_step, finish_from_checkpoint, finished_at, remove_stale_staging, truncate_metrics
 from train.stages import apply_stage, parameter_table
 from train.trainer import MetricsLogger, VLMTrainer
-from vlm.atomic import atomic_write_text, explained_write_errors, removed_on_failure, replace_directory
+from vlm.atomic import (
+    atomic_write_text,
+    check_output_path,
+    explained_write_errors,
+    removed_on_failure,
+    replace_directory,
+)
 from vlm.builder import build_vlm
 from vlm.configuration import VLMConfig
 from vlm.modeling import VLMForCausalLM
@@ -97,6 +103,7 @@ def local_device() -> torch.device:
 
 def resolve_resume(cfg: TrainConfig) -> str | None:
     output_dir = Path(cfg.output_dir)
+    check_output_path(output_dir, "folder")
     if isinstance(cfg.resume, str):
         if not Path(cfg.resume).is_dir():
             raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint folder")

@@ -113,6 +113,21 @@ def _folder_is_read_only(folder: Path) -> bool:
     return False
 
 
+def check_output_path(path: str | os.PathLike, kind: str) -> None:
+    """Refuse in one line an output ``path`` that cannot be made: a file on the way to it, or a
+    ``kind`` ("file" or "folder") that is already the other thing. Call before any work is done."""
+    path = Path(path).absolute()
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputWriteError(f"cannot write {path}: {parent} is a file, not a folder; choose another output")
+            break
+    if kind == "file" and path.is_dir():
+        raise OutputWriteError(f"{path} is a folder; give a file name for the output (e.g. {path / 'answers.jsonl'})")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise OutputWriteError(f"{path} is a file; give a folder for the output")
+
+
 def explain_write_error(err: BaseException, target: Path, writing: Path | None = None) -> OutputWriteError | None:
     """The one-line :class:`OutputWriteError` for a failed write of ``target``, or None if ``err`` is no such failure.
 

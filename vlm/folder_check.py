@@ -59,6 +59,9 @@ def check_safetensors(path: Path) -> None:
 
 def _weights(folder: Path, name: str) -> None:
     single, index = folder / f"{name}.safetensors", folder / f"{name}.safetensors.index.json"
+    if single.is_dir():
+        raise ModelFolderError(f"{single}: a folder, where the weights file should be; remove it and write the weights "
+                               "again (vlm merge, or save_pretrained)")
     if single.is_file():
         check_safetensors(single)
     elif index.is_file():
@@ -81,6 +84,13 @@ def check_model_folder(folder: Path) -> None:
     config = _json_object(folder / "config.json", "the model's configuration")
     if config.get("model_type") != "vlm":
         raise ModelFolderError(f"{folder / 'config.json'}: model_type is {config.get('model_type')!r}, not 'vlm'; is this a VLM folder of this toolkit?")
+    # Without its parts' configs the class would build defaults (a 7B Llama for text_config) and
+    # then find no weights for them: say which entry is missing before anything is allocated.
+    for key, inner, what in (("text_config", "model_type", "the LLM's configuration"),
+                             ("vision_config", "open_clip_config", "the vision tower's configuration")):
+        if not isinstance(config.get(key), dict) or inner not in config[key]:
+            raise ModelFolderError(f"{folder / 'config.json'}: no {key!r} with its {inner!r} ({what}); the file was edited "
+                                   "or not written by vlm build / vlm merge: restore it from where the model was made")
     _weights(folder, "model")
     check_processor_files(folder)
 

@@ -63,6 +63,18 @@ def load_model(
         return _load_model(path, dtype, device)
 
 
+def load_processor(path: str | os.PathLike) -> VLMProcessor:
+    """The processor of what ``load_model(path)`` loads, without the weights (cheap: the tokenizer and the
+    image settings), so that inputs can be checked before a model is loaded for them."""
+    folder = resolve_model_dir(path)
+    processor_dir = folder
+    if (folder / "adapter_config.json").is_file() and not (folder / "processor_config.json").is_file():
+        check_adapter_folder(folder)
+        processor_dir = adapter_base(folder)
+    check_processor_files(processor_dir)
+    return VLMProcessor.from_pretrained(processor_dir)
+
+
 def _load_model(path: str | os.PathLike, dtype: torch.dtype, device: str | torch.device) -> tuple[nn.Module, VLMProcessor]:
     folder = resolve_model_dir(path)
     if (folder / "adapter_config.json").is_file():

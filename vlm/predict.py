@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vision import load_image
-from vlm.atomic import atomic_file
+from vlm.atomic import atomic_file, check_output_path
 from vlm.chat import (
     ImageInput,
     as_image,
@@ -235,6 +235,7 @@ def predict_file(
     input_path, output_path = Path(input_path), Path(output_path)
     if input_path.absolute() == output_path.absolute():
         raise ValueError(f"the questions and the answers are the same file {input_path}; choose another output")
+    check_output_path(output_path, "file")
     log = log if log is not None else sys.stderr
     questions, bad = read_questions(input_path, image_root, log)
     done = answered_ids(output_path, log)

@@ -91,6 +91,7 @@ def _detect_family(data_file: DataFile) -> str:
     if isinstance(data_file.records, ParquetRecords):
         return "minimind"
     unreadable: list[tuple[int, InvalidRecord]] = []
+    first: str | None = None  # what the first readable record holds instead of turns
     for index in range(min(len(data_file.records), _DETECT_RECORDS)):
         try:
             record = data_file.records.read(index)
@@ -98,6 +99,8 @@ def _detect_family(data_file: DataFile) -> str:
             unreadable.append((index, err))
             continue
         turns = record.get("conversations") if isinstance(record, dict) else None
+        if first is None:
+            first = _why_no_turns(index, record, turns)
         if isinstance(turns, list) and turns and isinstance(turns[0], dict):
             if "from" in turns[0]:
                 return "llava"
@@ -110,5 +113,20 @@ def _detect_family(data_file: DataFile) -> str:
         raise DataFormatError(f"{data_file.source}: none of its first {len(unreadable)} records can be read; record {index}: {err}")
     raise DataFormatError(
         f"{data_file.source}: cannot tell LLaVA ('from'/'value' turns) from MiniMind-V ('role'/'content' turns) in its "
-        f"first {min(len(data_file.records), _DETECT_RECORDS)} records; pass format= one of {FORMATS[1:]}"
+        f"first {min(len(data_file.records), _DETECT_RECORDS)} records ({first}); each record needs a 'conversations' "
+        f"list of turns, or pass format= one of {FORMATS[1:]}"
     )
+
+
+def _why_no_turns(index: int, record: object, turns: object) -> str:
+    if not isinstance(record, dict):
+        return f"record {index} is {'null' if record is None else 'a ' + type(record).__name__}, not an object"
+    if "conversations" not in record:
+        return f"record {index} has no 'conversations' (its keys: {', '.join(map(repr, list(record)[:6])) or 'none'})"
+    if not isinstance(turns, list):
+        return f"record {index}: 'conversations' is a {type(turns).__name__}, not a list"
+    if not turns:
+        return f"record {index}: 'conversations' is empty"
+    if not isinstance(turns[0], dict):
+        return f"record {index}: turn 0 is a {type(turns[0]).__name__}, not an object"
+    return f"record {index}: turn 0 has keys {', '.join(map(repr, turns[0]))}"
