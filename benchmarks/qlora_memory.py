@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -45,6 +44,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from vlm.atomic import atomic_write_json
 
 LLAMA_SHAPES = {  # random-weight Llamas: hidden, intermediate, layers, heads, kv heads
     "llama-360m": (960, 2560, 32, 15, 5),
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = args.rows or (["llama-tiny:full", "llama-tiny:lora", "llama-tiny:qlora-nf4"] if args.quick else DEFAULT_ROWS)
     steps = 2 if args.quick else args.steps
     args.workdir.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "steps": steps,
+    described, info = machine()
+    results = {"machine": described, "machine_info": info, "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "steps": steps,
                "rows": [], "merge_gap": []}
     common = {"workdir": str(args.workdir.absolute()), "threads": args.threads}
     data = str(args.workdir.absolute() / "shapes")
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         base = worker(args, {"kind": "base", "model": model, **common})
         spec = {"kind": "train", "model": model, "method": method, "base": base["path"], "data": data, "steps": steps,
                 "batch": BATCH.get(model, 2), **common}
-        results["rows"].append({"model": model, "method": method, "batch": spec["batch"], **worker(args, spec)})
+        results["rows"].append({"model": model, "method": method, "batch": spec["batch"], **guarded(args, spec)})
         save(args.out, results)
         print(memory_table(results), flush=True)
     gap_model = rows[0].split(":")[0]
@@ -99,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
         base = worker(args, {"kind": "base", "model": gap_model, **common})
         spec = {"kind": "merge_gap", "model": gap_model, "quantization": kind, "base": base["path"], "data": data,
                 "steps": steps, "batch": BATCH.get(gap_model, 2), **common}
-        results["merge_gap"].append({"model": gap_model, "quantization": kind, **worker(args, spec)})
+        results["merge_gap"].append({"model": gap_model, "quantization": kind, **guarded(args, spec)})
         save(args.out, results)
         print(gap_table(results), flush=True)
     print(f"\n{results['machine']}, {results['date']}, {args.threads} threads\n\n{memory_table(results)}\n\n{gap_table(results)}")
     return 0
+
+
+def guarded(args: argparse.Namespace, spec: dict) -> dict:
+    """A row's result, or its failure as the row's ``error`` (the other rows are still measured and saved)."""
+    try:
+        return worker(args, spec)
+    except RuntimeError as err:
+        return {"error": str(err)[:300]}
 
 
 def worker(args: argparse.Namespace, spec: dict) -> dict:
@@ -237,10 +247,13 @@ def merge_gap(spec: dict) -> dict:
     from train.merge import QUANTIZED_TOLERANCE, merge
 
     run = Path(train_row(spec)["run"])
-    report = merge(run, run.parent / f"{run.name}-merged", overwrite=True)
-    relative = report.quantized_diff * QUANTIZED_TOLERANCE[spec["quantization"]] / report.quantized_tolerance
-    return {"max_abs_diff": report.quantized_diff, "relative": relative, "tolerance": QUANTIZED_TOLERANCE[spec["quantization"]],
-            "merge_check_fp32": report.max_abs_diff}
+    # The gap is what is measured: merge without its quantized check (an infinite tolerance), then
+    # say whether the shipped tolerance would have passed it.
+    report = merge(run, run.parent / f"{run.name}-merged", overwrite=True, quantized_tolerance=float("inf"))
+    scale = max(1.0, report.quantized_scale)
+    tolerance = QUANTIZED_TOLERANCE[spec["quantization"]]
+    return {"max_abs_diff": report.quantized_diff, "relative": report.quantized_diff / scale, "tolerance": tolerance,
+            "passes": report.quantized_diff / scale <= tolerance, "merge_check_fp32": report.max_abs_diff}
 
 
 WORKERS = {"data": make_data, "base": make_base, "train": train_row, "merge_gap": merge_gap}
@@ -254,13 +267,13 @@ def _status_mib(field: str) -> float:
     return int(found.group(1)) / 1024 if found else float("nan")
 
 
-def machine() -> str:
-    import torch
+def machine() -> tuple[str, dict]:
+    """One line naming the CPU for the table, and the speed benchmark's full record of the machine."""
+    from benchmarks.speedbench.machine import machine_info
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return f"{model}, {os.cpu_count()} cores, {'AMX' if amx else 'no AMX'}"
+    info = machine_info()
+    kind = "AMX" if info["amx_bf16"] else "AVX512-bf16, no AMX" if info["avx512_bf16"] else "no AMX"
+    return f"{info['cpu_model']}, {info['cores']} cores, {kind}", info
 
 
 def memory_table(results: dict) -> str:
@@ -276,22 +289,19 @@ def memory_table(results: dict) -> str:
 
 
 def gap_table(results: dict) -> str:
-    lines = ["| model | quantization | max abs logit diff, merged vs as trained | relative | tolerance | merged vs unmerged (fp32) |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | quantization | max abs logit diff, merged vs as trained | relative | tolerance | passes | "
+             "merged vs unmerged (fp32) |", "|---|---|---:|---:|---:|---|---:|"]
     for r in results["merge_gap"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['quantization']} | {r['error']} | | | |")
+            lines.append(f"| {r['model']} | {r['quantization']} | {r['error']} | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['quantization']} | {r['max_abs_diff']:.3f} | {r['relative']:.4f} | {r['tolerance']:g} "
-                     f"| {r['merge_check_fp32']:.1e} |")
+                     f"| {'yes' if r['passes'] else 'no'} | {r['merge_check_fp32']:.1e} |")
     return "\n".join(lines)
 
 
 def save(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, results)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ class MergeReport:
     quantization: str | None = None  # QLoRA: the base's quantization during training
     quantized_diff: float | None = None
     quantized_tolerance: float | None = None
+    quantized_scale: float | None = None
+    """max(1, the largest |logit| as trained): the tolerance is relative to it."""
 
     def verification_line(self) -> str:
         if self.max_abs_diff is None:
@@ -167,7 +169,7 @@ def merge(
     merged = merged.to(DTYPES[dtype])
     merged.config.dtype = DTYPES[dtype]
     tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype]
-    max_diff = quantized_diff = quantized_bound = None
+    max_diff = quantized_diff = quantized_bound = quantized_scale = None
     with atomic_directory(out, overwrite=overwrite) as staging:
         merged.save_pretrained(staging, max_shard_size=max_shard_size)
         processor.save_pretrained(staging)
@@ -185,8 +187,9 @@ def merge(
             if as_trained is not None:
                 kind_name = quantization_kind(quantization)
                 quantized_diff = float((logits - as_trained).abs().max())
+                quantized_scale = max(1.0, float(as_trained.abs().max()))
                 quantized_bound = (quantized_tolerance if quantized_tolerance is not None else QUANTIZED_TOLERANCE[kind_name]) \
-                    * max(1.0, float(as_trained.abs().max()))
+                    * quantized_scale
                 if not quantized_diff <= quantized_bound:
                     raise MergeError(
                         f"verification failed: merged logits differ from the {kind_name}-quantized model with the adapter "
@@ -196,7 +199,7 @@ def merge(
     return MergeReport(
         source=folder, base=base_path, kind=kind, zero=zero, max_abs_diff=max_diff, tolerance=tol if verify else None,
         quantization=quantization_kind(quantization) if quantization else None,
-        quantized_diff=quantized_diff, quantized_tolerance=quantized_bound,
+        quantized_diff=quantized_diff, quantized_tolerance=quantized_bound, quantized_scale=quantized_scale,
     )
 
 
