@@ -51,6 +51,11 @@ def install(point: str, step: int | None, call: int | None) -> None:
         from vlm.processing import VLMProcessor
 
         wrap(VLMProcessor, "save_pretrained", before=lambda *a, **k: pause())
+    elif point == "mid-export":  # every file of the LLaVA folder written to its staging folder, the parity check not yet run
+        import importlib
+
+        exporting = importlib.import_module("apps.export.export")  # the module: the package's `export` names the function
+        wrap(exporting, "check_parity", before=lambda *a, **k: pause())
     elif point in ("mid-eval", "torn-append"):
         import eval.runner as runner
 

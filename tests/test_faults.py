@@ -1,4 +1,4 @@
-"""Faults: kill -9 at chosen points (mid-step, mid-save, mid-final-save, mid-merge, mid-eval), a finished run
+"""Faults: kill -9 at chosen points (mid-step, mid-save, mid-final-save, mid-merge, mid-export, mid-eval), a finished run
 resumed, two evals into one folder, full and read-only disks.
 
 Kills land where the child says it is (``pause_child.py`` prints PAUSED there), never after a sleep.
@@ -169,6 +169,24 @@ def test_killed_merge_leaves_nothing_visible_and_the_rerun_cleans_its_staging(tm
     assert not list(tmp_path.glob(".merged.*"))
     assert torch.equal(load_file(out / "model.safetensors")["projector.weight"],
                        load_file(reference / "model" / "model.safetensors")["projector.weight"])
+
+
+def test_killed_export_leaves_no_folder_that_looks_complete_and_the_rerun_finishes(tmp_path, llama_dir):
+    """Killed with every file of the LLaVA folder written but not yet checked against our model: nothing at --out."""
+    from tiny import build_tiny_vlm
+
+    model, processor = build_tiny_vlm(llama_dir)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    out = tmp_path / "llava"
+    argv = ["export", str(tmp_path / "model"), "--to", "llava", "--out", str(out)]
+    kill9(run_until_paused({"point": "mid-export", "argv": argv}, tmp_path / "child.log"))
+    stale = list(tmp_path.glob(".llava.tmp-*"))
+    assert not out.exists() and len(stale) == 1 and (stale[0] / "config.json").is_file()  # written, hidden, unchecked
+
+    assert vlm_main(argv) == 0
+    assert not list(tmp_path.glob(".llava.*"))
+    assert (out / "config.json").is_file() and any(out.glob("*.safetensors"))
 
 
 def test_staging_of_a_live_process_or_not_ours_is_never_removed(tmp_path):
