@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from eval.shapes import write_shapes_dataset
 from tiny import build_tiny_vlm
 from train.config import TrainConfig, load_config
-from train.merge import QUANTIZED_TOLERANCE, MergeError, merge
+from train.merge import QUANTIZED_FACTOR, MergeError, merge
 from train.run import run_training
 from train.stages import apply_stage
 from vlm import VLMForCausalLM
@@ -153,9 +153,13 @@ def test_merge_goes_onto_the_fp32_base_and_matches_the_quantized_model_within_th
     probe = _probe_batch(processor)
     as_trained, after = _logits(quantized, probe), _logits(merged.eval(), probe)
     gap = float((after - as_trained).abs().max())
-    bound = QUANTIZED_TOLERANCE["nf4"] * max(1.0, float(as_trained.abs().max()))
     assert gap == pytest.approx(report.quantized_diff, rel=1e-5)
-    assert 0 < gap <= bound  # nonzero: the base really was quantized in training
+    assert 0 < gap <= report.quantized_tolerance  # nonzero: the base really was quantized in training
+    # the default bound is measured: what nf4 does to the base alone, times QUANTIZED_FACTOR (+ fp32's merge tolerance)
+    with quantized.disable_adapter():
+        cost = float((_logits(quantized, probe) - _logits(VLMForCausalLM.from_pretrained(base).eval(), probe)).abs().max())
+    assert report.quantized_cost == pytest.approx(cost, rel=1e-4) and cost > 0
+    assert report.quantized_tolerance == pytest.approx(QUANTIZED_FACTOR * cost + 1e-4 * max(1.0, float(as_trained.abs().max())), rel=1e-4)
     # a bound tighter than what nf4 costs fails the merge and writes nothing
     with pytest.raises(MergeError, match="more than nf4 quantization costs"):
         merge(qlora_run, tmp_path / "too-tight", quantized_tolerance=gap / 10 / max(1.0, float(as_trained.abs().max())))

@@ -33,11 +33,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (max(1, max |logit|)): fp32 only reorders float sums; bf16/fp16 round every weight.
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
 # QLoRA: the merged model (adapter on the full-precision base) against the model as it was trained
-# (the same adapter on the quantized base), same scale. The difference is what the quantization of
-# the base costs (4-bit keeps ~16 levels per 64-weight block, so logits move by percents of their
-# scale, far above float rounding). 0.1 is a first bound, met by tests/test_qlora.py's tiny Llama;
-# to be set from benchmarks/qlora_memory.py's merge-gap figures on real LLMs (not yet measured).
-QUANTIZED_TOLERANCE = {"nf4": 0.1, "fp4": 0.1, "int8": 0.1}
+# (the same adapter on the quantized base). Their difference is what quantizing the base costs, and
+# that differs by model far more than by method: measured by benchmarks/qlora_memory.py's merge gap
+# (2026-12-04, AMD EPYC, fp32, 4 steps), max |logit diff| relative to max(1, max |logit|):
+#   tiny test Llama (hidden 32): nf4 0.090, fp4 0.134, int8 0.009
+#   SmolLM2-135M:                nf4 0.675, fp4 0.465, int8 0.131
+# So no fixed bound fits both; the bound is measured on the spot instead: what quantization does
+# to the base alone (the same probe through the base, quantized and not, no adapter), times
+# QUANTIZED_FACTOR, plus the dtype's merge tolerance. A merge that moved the model further from
+# how it was trained than quantization itself moves the base fails.
+QUANTIZED_FACTOR = 2.0
 
 
 class MergeError(RuntimeError):
@@ -56,7 +61,9 @@ class MergeReport:
     quantized_diff: float | None = None
     quantized_tolerance: float | None = None
     quantized_scale: float | None = None
-    """max(1, the largest |logit| as trained): the tolerance is relative to it."""
+    """max(1, the largest |logit| as trained)."""
+    quantized_cost: float | None = None
+    """Max |logit diff| of the base alone, quantized against full precision: what the bound is made of."""
 
     def verification_line(self) -> str:
         if self.max_abs_diff is None:
@@ -64,7 +71,8 @@ class MergeReport:
         line = f"verification: max |logit diff| merged vs unmerged = {self.max_abs_diff:.3e} (tolerance {self.tolerance:.1e}) OK"
         if self.quantized_diff is not None:
             line += (f"; vs the {self.quantization}-quantized base with the adapter, as trained = {self.quantized_diff:.3e} "
-                     f"(tolerance {self.quantized_tolerance:.1e}: what the quantization costs) OK")
+                     f"(bound {self.quantized_tolerance:.3e}; {self.quantization} moves the base alone by "
+                     f"{self.quantized_cost:.3e}) OK")
         return line
 
 
@@ -164,12 +172,16 @@ def merge(
     model.eval()
     probe = _probe_batch(processor)
     reference = _logits(model, probe) if verify else None
-    as_trained = _quantized_logits(model, base_path, quantization, probe) if verify and quantization else None
+    as_trained = quantized_base = full_base = None
+    if verify and quantization:
+        as_trained, quantized_base = _quantized_logits(model, base_path, quantization, probe)
+        with model.disable_adapter():
+            full_base = _logits(model, probe)
     merged = model.merge_and_unload() if kind == "lora" else model
     merged = merged.to(DTYPES[dtype])
     merged.config.dtype = DTYPES[dtype]
     tol = tolerance if tolerance is not None else DEFAULT_TOLERANCE[dtype]
-    max_diff = quantized_diff = quantized_bound = quantized_scale = None
+    max_diff = quantized_diff = quantized_bound = quantized_scale = quantized_cost = None
     with atomic_directory(out, overwrite=overwrite) as staging:
         merged.save_pretrained(staging, max_shard_size=max_shard_size)
         processor.save_pretrained(staging)
@@ -188,23 +200,29 @@ def merge(
                 kind_name = quantization_kind(quantization)
                 quantized_diff = float((logits - as_trained).abs().max())
                 quantized_scale = max(1.0, float(as_trained.abs().max()))
-                quantized_bound = (quantized_tolerance if quantized_tolerance is not None else QUANTIZED_TOLERANCE[kind_name]) \
-                    * quantized_scale
+                quantized_cost = float((full_base - quantized_base).abs().max())
+                if quantized_tolerance is not None:
+                    quantized_bound = quantized_tolerance * quantized_scale
+                else:
+                    quantized_bound = QUANTIZED_FACTOR * quantized_cost + DEFAULT_TOLERANCE[dtype] * quantized_scale
                 if not quantized_diff <= quantized_bound:
                     raise MergeError(
                         f"verification failed: merged logits differ from the {kind_name}-quantized model with the adapter "
                         f"(as trained) by {quantized_diff:.3e} > {quantized_bound:.3e}, more than {kind_name} quantization "
-                        "costs; is --base the model this run started from? (--quantized-tolerance to accept it); nothing was written"
+                        f"costs (it moves the base alone by {quantized_cost:.3e}); is --base the model this run started "
+                        "from? (--quantized-tolerance to accept it); nothing was written"
                     )
     return MergeReport(
         source=folder, base=base_path, kind=kind, zero=zero, max_abs_diff=max_diff, tolerance=tol if verify else None,
         quantization=quantization_kind(quantization) if quantization else None,
         quantized_diff=quantized_diff, quantized_tolerance=quantized_bound, quantized_scale=quantized_scale,
+        quantized_cost=quantized_cost,
     )
 
 
-def _quantized_logits(model: nn.Module, base: Path, quantization, probe: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of the model as QLoRA trained it: the base quantized again, the same adapter weights on it."""
+def _quantized_logits(model: nn.Module, base: Path, quantization, probe: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the model as QLoRA trained it (the base quantized again, the same adapter weights on it),
+    and of that quantized base without the adapter."""
     from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     try:
@@ -214,8 +232,10 @@ def _quantized_logits(model: nn.Module, base: Path, quantization, probe: dict[st
                          "--no-verify skips the check)") from err
     set_peft_model_state_dict(quantized, get_peft_model_state_dict(model))
     logits = _logits(quantized.eval(), probe)
+    with quantized.disable_adapter():
+        plain = _logits(quantized, probe)
     del quantized
-    return logits
+    return logits, plain
 
 
 def _adapter_base(folder: Path) -> Path:
@@ -294,8 +314,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the logits check")
     parser.add_argument("--tolerance", type=float, help="relative logits tolerance (default by dtype: fp32 1e-4, fp16 2e-2, bf16 1e-1)")
     parser.add_argument("--quantized-tolerance", type=float,
-                        help="QLoRA runs: relative logits tolerance against the quantized model with the adapter, as trained "
-                             "(default by quantization: " + ", ".join(f"{k} {v:g}" for k, v in QUANTIZED_TOLERANCE.items()) + ")")
+                        help="QLoRA runs: a fixed relative logits tolerance against the quantized model with the adapter, "
+                             f"as trained (default: measured, {QUANTIZED_FACTOR:g} x what the quantization does to the base alone)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser
 
