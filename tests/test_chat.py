@@ -119,14 +119,17 @@ def test_one_shot_prints_only_the_answer(loaded, files):
     assert out == expected + "\n"
 
 
+# The child's own peak: VmHWM of its address space, which execve starts anew (getrusage's ru_maxrss
+# is kept across execve, so a child of a 1.2 GB pytest process would report the parent's size).
 PEAK_RSS = """\
-import resource, runpy, sys
+import re, runpy, sys
 sys.argv = ["vlm", *sys.argv[1:]]
 try:
     runpy.run_module("apps", run_name="__main__")
 except SystemExit as stop:
     code = stop.code
-print(f"exit={code} peak_rss_kb={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+peak = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)
+print(f"exit={code} peak_rss_kb={peak}", file=sys.stderr)
 """
 
 
