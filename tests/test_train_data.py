@@ -566,3 +566,16 @@ def test_a_truncated_jpeg_is_found_before_training_and_checked_files_are_remembe
     calls.clear()
     validate(ConversationDataset(data, images), skip_bad=True)
     assert calls == ["a.png", "cut.jpg"]
+
+
+def test_the_checked_images_cache_keeps_the_newest_entries_only(tmp_path, images, monkeypatch):
+    import train.data.image_check as image_check
+
+    monkeypatch.setattr(image_check, "MAX_REMEMBERED", 2)
+    cache = image_check.CheckedImages(tmp_path / "cache")
+    for name in ("a.png", "b.png", "sub/c.png"):
+        cache.check(images / name, 1000)
+    cache.save()
+    kept = (tmp_path / "cache" / image_check.CACHE_NAME).read_text().split()
+    assert kept == [cache.key(images / n, 1000) for n in ("b.png", "sub/c.png")]  # a.png, the oldest, forgotten
+    assert image_check.CheckedImages(tmp_path / "cache").known.keys() == set(kept)

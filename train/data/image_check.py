@@ -28,6 +28,8 @@ from vlm.atomic import atomic_write_text
 from vlm.llm_source import default_cache_dir
 
 CACHE_NAME = "checked-images.txt"
+MAX_REMEMBERED = 1_000_000
+"""Keys kept (33 bytes each, newest last); older ones are forgotten, and at worst checked again."""
 
 
 def check_image(image: ImageRef, max_pixels: int) -> None:
@@ -58,10 +60,10 @@ class CheckedImages:
     def __init__(self, cache_dir: str | os.PathLike | None = None):
         self.path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_NAME
         try:
-            self.known = set(self.path.read_text(encoding="ascii").split())
+            self.known = dict.fromkeys(self.path.read_text(encoding="ascii").split())  # ordered: oldest first
         except (OSError, UnicodeDecodeError):
-            self.known = set()  # no cache yet, or an unreadable one: check everything
-        self.added: set[str] = set()
+            self.known = {}  # no cache yet, or an unreadable one: check everything
+        self.added = False
 
     @staticmethod
     def key(path: Path, max_pixels: int) -> str | None:
@@ -79,16 +81,17 @@ class CheckedImages:
             return
         check_image(image, max_pixels)
         if key is not None:
-            self.known.add(key)
-            self.added.add(key)
+            self.known[key] = None
+            self.added = True
 
     def save(self) -> None:
         """Write the cache (atomically); never fails the run: a cache that cannot be written only costs time."""
         if not self.added:
             return
+        kept = list(self.known)[-MAX_REMEMBERED:]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, "\n".join(sorted(self.known)) + "\n")
+            atomic_write_text(self.path, "\n".join(kept) + "\n")
         except OSError:
             pass
-        self.added.clear()
+        self.added = False
