@@ -244,14 +244,14 @@ def train_row(spec: dict) -> dict:
 
 
 def merge_gap(spec: dict) -> dict:
-    from train.merge import QUANTIZED_FACTOR, merge
+    from train.merge import merge, quantized_bound_for
 
     run = Path(train_row(spec)["run"])
     # The gap is what is measured: merge without its quantized check (an infinite tolerance), then
-    # say whether the default bound (QUANTIZED_FACTOR x the base's own quantization cost) passes it.
+    # say whether the default bound (twice the base's own quantization cost) passes it.
     report = merge(run, run.parent / f"{run.name}-merged", overwrite=True, quantized_tolerance=float("inf"))
     scale = report.quantized_scale
-    bound = QUANTIZED_FACTOR * report.quantized_cost + 1e-4 * scale
+    bound = quantized_bound_for(report.quantized_cost, scale)
     return {"max_abs_diff": report.quantized_diff, "relative": report.quantized_diff / scale,
             "base_cost": report.quantized_cost, "bound": bound, "passes": report.quantized_diff <= bound,
             "merge_check_fp32": report.max_abs_diff}

@@ -82,7 +82,8 @@ class SupervisedDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if self.report is None:
             return self.example(i)
-        for j in [k % len(self) for k in range(i, i + len(self))]:
+        for offset in range(len(self)):
+            j = (i + offset) % len(self)
             if j in self.failed:
                 continue
             try:

@@ -45,6 +45,12 @@ DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 1e-1}
 QUANTIZED_FACTOR = 2.0
 
 
+def quantized_bound_for(cost: float, scale: float, dtype: str = "fp32") -> float:
+    """The default bound on |merged - as trained|: ``QUANTIZED_FACTOR`` x what quantization moves the
+    base alone (``cost``), plus the dtype's merge tolerance at the logits' ``scale``."""
+    return QUANTIZED_FACTOR * cost + DEFAULT_TOLERANCE[dtype] * scale
+
+
 class MergeError(RuntimeError):
     """A merge that cannot be done safely; nothing has been written."""
 
@@ -204,13 +210,14 @@ def merge(
                 if quantized_tolerance is not None:
                     quantized_bound = quantized_tolerance * quantized_scale
                 else:
-                    quantized_bound = QUANTIZED_FACTOR * quantized_cost + DEFAULT_TOLERANCE[dtype] * quantized_scale
+                    quantized_bound = quantized_bound_for(quantized_cost, quantized_scale, dtype)
                 if not quantized_diff <= quantized_bound:
                     raise MergeError(
                         f"verification failed: merged logits differ from the {kind_name}-quantized model with the adapter "
                         f"(as trained) by {quantized_diff:.3e} > {quantized_bound:.3e}, more than {kind_name} quantization "
-                        f"costs (it moves the base alone by {quantized_cost:.3e}); is --base the model this run started "
-                        "from? (--quantized-tolerance to accept it); nothing was written"
+                        f"costs (it moves the base alone by {quantized_cost:.3e}): the adapter leans on the quantization's "
+                        "errors, so the full-precision merge behaves otherwise than the model trained (--quantized-tolerance "
+                        "to accept it); nothing was written"
                     )
     return MergeReport(
         source=folder, base=base_path, kind=kind, zero=zero, max_abs_diff=max_diff, tolerance=tol if verify else None,

@@ -68,12 +68,12 @@ def validate(
     ``max_pixels``, so that none of them stops a run at the step that first draws it.
     """
     valid, bad, reasons = [], [], []
-    checked = CheckedImages()
+    checked = CheckedImages() if check_images else None
     try:
         for index in tqdm(range(len(dataset)), desc="checking data", unit="sample", disable=not progress):
             try:
                 sample = dataset[index]
-                if check_images:
+                if checked is not None:
                     for k, image in enumerate(sample.images):
                         try:
                             checked.check(image, max_pixels)
@@ -88,7 +88,8 @@ def validate(
                 continue
             valid.append(index)
     finally:
-        checked.save()  # what passed is remembered even when a bad record stops the run
+        if checked is not None:
+            checked.save()  # what passed is remembered even when a bad record stops the run
     return ValidationReport(
         valid_indices=np.asarray(valid, dtype=np.int64),
         num_total=len(dataset),
